@@ -1,0 +1,408 @@
+r"""Maximum Mean Discrepancy estimators, their closed-form gradients and a permutation test.
+
+Notation: references :math:`y_1..y_N` with weights :math:`w_j` (default :math:`1/N`),
+generated samples :math:`x_1..x_B`, optionally a *memory bank* :math:`m_1..m_M` of
+earlier (fixed) generated samples, so the generated set is
+:math:`Z = X \cup M` of size :math:`n = B + M`.
+
+Biased (V-statistic, the paper's form):
+
+.. math::
+    \mathrm{MMD}^2_b = \frac{1}{n^2}\sum_{a,b} k(z_a, z_b)
+        + \sum_{j,j'} w_j w_{j'} k(y_j, y_{j'})
+        - \frac{2}{n}\sum_a \sum_j w_j k(z_a, y_j)
+
+Unbiased (U-statistic): the diagonal self terms are dropped,
+:math:`\frac{1}{n(n-1)}\sum_{a \ne b}` and
+:math:`\frac{1}{1-\sum_j w_j^2}\sum_{j \ne j'} w_j w_{j'} k(y_j,y_{j'})` (which is
+:math:`\frac{1}{N(N-1)}\sum_{j\ne j'}` for uniform weights).
+
+Gradient for one current sample :math:`x_i` (symmetric :math:`k`):
+
+.. math::
+    \nabla_{x_i}\mathrm{MMD}^2_b = \underbrace{\frac{2}{n^2}\sum_{b} \nabla_1 k(x_i, z_b)}_{\text{self: repulsion}}
+        \;\underbrace{-\;\frac{2}{n}\sum_j w_j \nabla_1 k(x_i, y_j)}_{\text{cross: attraction}}
+
+(the unbiased self term uses :math:`\frac{2}{n(n-1)}\sum_{b \ne i}`). All sums are
+matrix products through :meth:`Kernel._grad`; nothing of size ``B x N x D`` is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils.validation import check_is_fitted
+
+from ._utils import (
+    as_tensor,
+    check_array_2d,
+    check_option,
+    check_random_state_torch,
+    from_tensor,
+    logger,
+    match_tensor,
+)
+from .kernels import GaussianKernel, Kernel
+
+__all__ = ["MMD", "PermutationTestResult", "mmd2", "mmd2_gradient"]
+
+ESTIMATORS = ("biased", "unbiased")
+TERMS = ("full", "cross", "self")
+
+
+# --------------------------------------------------------------------------- tensor core
+def _self_sum(kernel: Kernel, Z: torch.Tensor, estimator: str) -> torch.Tensor:
+    """:math:`\\sum_{a,b} k(z_a,z_b)` (biased) or :math:`\\sum_{a\\ne b}` (unbiased)."""
+    ones = torch.ones(Z.shape[0], dtype=Z.dtype, device=Z.device)
+    s = kernel._matvec(Z, Z, ones).sum()
+    if estimator == "unbiased":
+        s = s - kernel._diag(Z).sum()
+    return s
+
+
+def _ref_term(kernel: Kernel, Y: torch.Tensor, w: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Reference-reference term of MMD² (constant in X)."""
+    s = w @ kernel._matvec(Y, Y, w)
+    if estimator == "unbiased":
+        s = (s - (w * w * kernel._diag(Y)).sum()) / (1.0 - (w * w).sum())
+    return s
+
+
+def _mmd2(kernel, Z, Y, w, estimator, ref_term=None) -> torch.Tensor:
+    n = Z.shape[0]
+    if estimator == "unbiased" and n < 2:
+        raise ValueError("the unbiased estimator needs at least 2 generated samples")
+    self_norm = n * n if estimator == "biased" else n * (n - 1)
+    cross = kernel._matvec(Z, Y, w).sum() / n
+    if ref_term is None:
+        ref_term = _ref_term(kernel, Y, w, estimator)
+    return _self_sum(kernel, Z, estimator) / self_norm + ref_term - 2.0 * cross
+
+
+def _mmd2_grad(kernel, X, Y, w, memory, terms, estimator) -> torch.Tensor:
+    """Gradient of MMD²(X ∪ memory, Y) with respect to each row of X, shape (B, D)."""
+    B = X.shape[0]
+    n = B + (0 if memory is None else memory.shape[0])
+    g = torch.zeros_like(X)
+    if terms in ("full", "self") and n > 1:
+        Z = X if memory is None else torch.cat([X, memory], 0)  # (n, D)
+        ones = torch.ones(n, dtype=X.dtype, device=X.device)
+        gs = kernel._grad(X, Z, ones)  # sum_b grad_1 k(x_i, z_b)
+        if estimator == "unbiased":
+            gs = gs - kernel._diag_grad(X)
+            norm = n * (n - 1)
+        else:
+            norm = n * n
+        g = g + (2.0 / norm) * gs
+    if terms in ("full", "cross"):
+        g = g - (2.0 / n) * kernel._grad(X, Y, w)
+    return g
+
+
+def _prepare(kernel, X, Y, weights, memory):
+    """Validate arrays for the functional API; returns tensors of X's dtype/device."""
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a Kernel, got {type(kernel).__name__}")
+    check_is_fitted(kernel)
+    Xt = check_array_2d(X, name="X", n_features=kernel.n_features_in_)
+    Yt = match_tensor(check_array_2d(Y, name="Y", min_samples=1, n_features=kernel.n_features_in_), Xt, what="Y")
+    N = Yt.shape[0]
+    if weights is None:
+        w = torch.full((N,), 1.0 / N, dtype=Xt.dtype, device=Xt.device)
+    else:
+        w = _check_ref_weights(weights, N).to(dtype=Xt.dtype, device=Xt.device)
+    M = None
+    if memory is not None:
+        M = match_tensor(check_array_2d(memory, name="memory", min_samples=0, n_features=Xt.shape[1]), Xt, what="memory")
+        if M.shape[0] == 0:
+            M = None
+    return Xt, Yt, w, M
+
+
+def _check_ref_weights(weights, N: int) -> torch.Tensor:
+    w = as_tensor(weights)
+    if w.shape != (N,):
+        raise ValueError(f"weights must have shape ({N},) (one per reference), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weights contain NaN or inf")
+    if bool((w < 0).any()):
+        raise ValueError("weights must be non-negative")
+    s = float(w.sum())
+    if s <= 0:
+        raise ValueError("weights sum to 0")
+    if abs(s - 1.0) > 1e-6:
+        logger.info("reference weights summed to %.6g; normalising to 1", s)
+    return w / s
+
+
+def mmd2(kernel: Kernel, X, Y, *, weights=None, memory=None, estimator: str = "biased"):
+    """MMD² between the rows of ``X`` (plus ``memory``) and weighted references ``Y``.
+
+    ``kernel`` must be fitted. Returns a float for numpy input, a 0-d tensor for torch input.
+    """
+    check_option(estimator, ESTIMATORS, name="estimator")
+    Xt, Yt, w, M = _prepare(kernel, X, Y, weights, memory)
+    Z = Xt if M is None else torch.cat([Xt, M], 0)
+    val = _mmd2(kernel, Z, Yt, w, estimator)
+    return val if isinstance(X, torch.Tensor) else float(val)
+
+
+def mmd2_gradient(kernel: Kernel, X, Y, *, weights=None, memory=None, terms: str = "full", estimator: str = "biased"):
+    """Closed-form :math:`\\nabla_{x_i}` MMD² for every row of ``X``, shape ``(B, D)``; see the module docstring."""
+    check_option(estimator, ESTIMATORS, name="estimator")
+    check_option(terms, TERMS, name="terms")
+    Xt, Yt, w, M = _prepare(kernel, X, Y, weights, memory)
+    if estimator == "unbiased" and Xt.shape[0] + (0 if M is None else M.shape[0]) < 2:
+        raise ValueError("the unbiased estimator needs at least 2 generated samples (batch + memory)")
+    return from_tensor(_mmd2_grad(kernel, Xt, Yt, w, M, terms, estimator), X)
+
+
+# --------------------------------------------------------------------------- estimator
+@dataclass
+class PermutationTestResult:
+    """Result of :meth:`MMD.permutation_test`.
+
+    Attributes
+    ----------
+    statistic : float
+        MMD² of the observed split.
+    p_value : float
+        :math:`(1 + \\#\\{\\text{null} \\ge \\text{statistic}\\}) / (1 + P)`.
+    null_distribution : ndarray of shape (P,)
+    """
+
+    statistic: float
+    p_value: float
+    null_distribution: np.ndarray
+
+
+class MMD(BaseEstimator):
+    r"""MMD² to a fixed, weighted reference set, with closed-form gradients.
+
+    Parameters
+    ----------
+    kernel : Kernel, default=GaussianKernel(bandwidth='median')
+        Cloned and fitted on the references in :meth:`fit`.
+    estimator : {'biased', 'unbiased'}, default='biased'
+        V-statistic (the paper's, always >= 0) or U-statistic (unbiased, can be < 0).
+
+    Attributes
+    ----------
+    kernel_ : Kernel
+        The fitted kernel.
+    reference_ : torch.Tensor of shape (N, D)
+    weights_ : torch.Tensor of shape (N,)
+        Normalised reference weights.
+    ref_term_ : float
+        The reference-reference term (cached; constant in X).
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mmdguidance import MMD
+    >>> rng = np.random.default_rng(0)
+    >>> est = MMD().fit(rng.normal(size=(50, 2)))
+    >>> g = est.gradient(rng.normal(size=(8, 2)) + 3.0)   # (8, 2); step x -= lr * g
+    """
+
+    def __init__(self, *, kernel=None, estimator="biased"):
+        self.kernel = kernel
+        self.estimator = estimator
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, *, weights=None):
+        """Cache the references ``X`` of shape ``(N, D)`` (``N >= 2``) and their statistics.
+
+        Parameters
+        ----------
+        X : array of shape (N, D)
+            Reference samples.
+        y : ignored
+        weights : array of shape (N,), optional
+            Non-negative reference weights (normalised to sum 1); default uniform.
+
+        Returns
+        -------
+        self
+        """
+        check_option(self.estimator, ESTIMATORS, name="estimator")
+        kernel = GaussianKernel() if self.kernel is None else self.kernel
+        if not isinstance(kernel, Kernel):
+            raise TypeError(f"kernel must be a mmdguidance Kernel, got {type(kernel).__name__}")
+        Y = check_array_2d(X, name="references", min_samples=2)
+        if isinstance(X, torch.Tensor):
+            Y = Y.detach()
+        N = Y.shape[0]
+        w = (
+            torch.full((N,), 1.0 / N, dtype=Y.dtype, device=Y.device)
+            if weights is None
+            else _check_ref_weights(weights, N).to(dtype=Y.dtype, device=Y.device)
+        )
+        if self.estimator == "unbiased" and float(1.0 - (w * w).sum()) <= 1e-12:
+            raise ValueError("the unbiased estimator needs weight spread over at least 2 references")
+        self.kernel_ = clone(kernel).fit(Y)
+        self.reference_ = Y
+        self.weights_ = w
+        self.ref_term_ = float(_ref_term(self.kernel_, Y, w, self.estimator))
+        self.n_features_in_ = int(Y.shape[1])
+        self._cache = {}
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def _refs_like(self, Xt: torch.Tensor):
+        """References and weights in ``Xt``'s dtype (cached per dtype); device must match."""
+        key = (Xt.dtype, Xt.device)
+        if key not in self._cache:
+            if Xt.device != self.reference_.device:
+                raise ValueError(
+                    f"X is on {Xt.device} but the references were fitted on {self.reference_.device}; "
+                    "move X or refit on that device"
+                )
+            self._cache[key] = (self.reference_.to(Xt.dtype), self.weights_.to(Xt.dtype))
+        return self._cache[key]
+
+    def _check_X(self, X, name="X", min_samples=1):
+        check_is_fitted(self, "reference_")
+        if not isinstance(X, torch.Tensor) and self.reference_.device.type != "cpu":
+            X = torch.as_tensor(np.asarray(X, dtype=np.float64), device=self.reference_.device)
+        return check_array_2d(X, name=name, min_samples=min_samples, n_features=self.n_features_in_, owner=type(self).__name__)
+
+    def _check_memory(self, memory, Xt):
+        if memory is None:
+            return None
+        M = self._check_X(memory, name="memory", min_samples=0)
+        M = match_tensor(M, Xt, what="memory")
+        return None if M.shape[0] == 0 else M
+
+    # ------------------------------------------------------------------ public API
+    def score(self, X, y=None, memory=None):
+        """MMD² between the samples ``X`` (plus ``memory``) and the references.
+
+        Parameters
+        ----------
+        X : array of shape (B, D)
+        memory : array of shape (M, D), optional
+            Earlier generated samples counted in the generated set.
+
+        Returns
+        -------
+        float (numpy input) or 0-d tensor (torch input)
+        """
+        Xt = self._check_X(X)
+        Y, w = self._refs_like(Xt)
+        M = self._check_memory(memory, Xt)
+        Z = Xt if M is None else torch.cat([Xt, M], 0)
+        val = _mmd2(self.kernel_, Z, Y, w, self.estimator, ref_term=torch.as_tensor(self.ref_term_, dtype=Xt.dtype, device=Xt.device))
+        return val if isinstance(X, torch.Tensor) else float(val)
+
+    def gradient(self, X, terms="full", memory=None):
+        r"""Closed-form :math:`\nabla_{x_i}\mathrm{MMD}^2` for every row of ``X``.
+
+        Parameters
+        ----------
+        X : array of shape (B, D)
+        terms : {'full', 'cross', 'self'}
+            ``'cross'`` is the attraction term :math:`-\frac{2}{n}\sum_j w_j\nabla_1 k(x_i,y_j)`,
+            ``'self'`` the repulsion term, ``'full'`` their sum.
+        memory : array of shape (M, D), optional
+            Fixed earlier samples in the generated set (they get no gradient).
+
+        Returns
+        -------
+        array of shape (B, D), the type of ``X``
+        """
+        check_option(terms, TERMS, name="terms")
+        Xt = self._check_X(X)
+        Y, w = self._refs_like(Xt)
+        M = self._check_memory(memory, Xt)
+        if self.estimator == "unbiased" and terms != "cross" and Xt.shape[0] + (0 if M is None else M.shape[0]) < 2:
+            raise ValueError("the unbiased self term needs at least 2 generated samples (batch + memory)")
+        return from_tensor(_mmd2_grad(self.kernel_, Xt, Y, w, M, terms, self.estimator), X)
+
+    def witness(self, X, Z=None):
+        r"""Witness function of the generated sample ``X`` against the references, at points ``Z``.
+
+        .. math:: f(z) = \frac{1}{B}\sum_i k(z, x_i) - \sum_j w_j k(z, y_j)
+
+        Positive where the generated sample has excess mass, negative where it lacks mass.
+
+        Parameters
+        ----------
+        X : array of shape (B, D)
+        Z : array of shape (P, D), default ``X``
+
+        Returns
+        -------
+        array of shape (P,)
+        """
+        Xt = self._check_X(X)
+        Zt = Xt if Z is None else match_tensor(self._check_X(Z, name="Z"), Xt, what="Z")
+        Y, w = self._refs_like(Xt)
+        u = torch.full((Xt.shape[0],), 1.0 / Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
+        f = self.kernel_._matvec(Zt, Xt, u) - self.kernel_._matvec(Zt, Y, w)
+        return from_tensor(f, X)
+
+    def permutation_test(self, X, n_permutations=1000, random_state=None, batch_size=256):
+        """Two-sample permutation test of H0: ``X`` and the references have the same law.
+
+        The pooled Gram matrix is computed once; the statistics for all
+        permutations are quadratic forms :math:`v_p^\\top K v_p` evaluated in batches
+        (no Python loop per permutation). Uses uniform reference weights (the
+        permutation null needs exchangeable samples).
+
+        Parameters
+        ----------
+        X : array of shape (B, D), B >= 2
+        n_permutations : int >= 1
+        random_state : int, torch.Generator or None
+        batch_size : int
+            Permutations per batch (memory ``batch_size * (B + N)``).
+
+        Returns
+        -------
+        PermutationTestResult
+        """
+        if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+            raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")
+        Xt = self._check_X(X, min_samples=2)
+        Y, w = self._refs_like(Xt)
+        if not torch.allclose(w, torch.full_like(w, 1.0 / w.numel())):
+            logger.warning("permutation_test ignores the non-uniform reference weights (exchangeability)")
+        B, N = Xt.shape[0], Y.shape[0]
+        P = torch.cat([Xt, Y], 0)
+        K = self.kernel_._gram(P, P)  # (B+N, B+N)
+        dK = torch.diagonal(K)
+        gen = check_random_state_torch(random_state, device=Xt.device)
+
+        def stats(A: torch.Tensor) -> torch.Tensor:  # A: (p, B+N) float 0/1 membership of the "X" group
+            Bm = 1.0 - A
+            KA = A @ K
+            sxx = (KA * A).sum(1)
+            sxy = (KA * Bm).sum(1)
+            syy = ((Bm @ K) * Bm).sum(1)
+            if self.estimator == "biased":
+                return sxx / B**2 + syy / N**2 - 2 * sxy / (B * N)
+            sxx = sxx - (A * dK).sum(1)
+            syy = syy - (Bm * dK).sum(1)
+            return sxx / (B * (B - 1)) + syy / (N * (N - 1)) - 2 * sxy / (B * N)
+
+        a0 = torch.zeros(1, B + N, dtype=K.dtype, device=K.device)
+        a0[0, :B] = 1
+        observed = float(stats(a0)[0])
+        null = []
+        done = 0
+        while done < n_permutations:
+            p = min(batch_size, n_permutations - done)
+            keys = torch.rand(p, B + N, generator=gen, device=K.device)
+            idx = keys.argsort(1)[:, :B]  # random B-subsets
+            A = torch.zeros(p, B + N, dtype=K.dtype, device=K.device)
+            A.scatter_(1, idx, 1.0)
+            null.append(stats(A))
+            done += p
+        null_t = torch.cat(null).cpu().numpy()
+        p_value = (1.0 + np.sum(null_t >= observed - 1e-12 * abs(observed))) / (1.0 + n_permutations)
+        return PermutationTestResult(statistic=observed, p_value=float(p_value), null_distribution=null_t)
