@@ -52,20 +52,43 @@ _MEDIAN_MAX_POINTS = 1000
 
 
 # --------------------------------------------------------------------------- helpers
+def _centered(X: torch.Tensor, Y: torch.Tensor, center: torch.Tensor | None = None):
+    """Return ``X, Y`` shifted by a common centre when that improves float accuracy.
+
+    The expansion :math:`\|a\|^2 + \|b\|^2 - 2a^\top b` loses about
+    :math:`\epsilon(\|a\|^2 + \|b\|^2)` absolutely, so shifting both sets by the mean of ``Y``
+    helps when that mean is far from the origin compared to the spread of ``Y``
+    (:math:`\|\bar y\|^2 >` mean :math:`\|y - \bar y\|^2`). Otherwise the shift would only cost
+    two memory passes, so the data are returned unshifted (distances are translation invariant).
+    """
+    if center is None:
+        c = Y.mean(0, keepdim=True)  # (1, d)
+        c2 = float((c * c).sum())
+        spread = float(torch.linalg.vector_norm(Y, dim=1).pow(2).mean()) - c2
+        if c2 <= max(spread, 0.0):
+            return X, Y
+        center = c
+    return X - center, Y - center
+
+
+def _sq_dists_raw(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``(n, m)`` squared distances by the expansion on already (optionally) centred data."""
+    xn = torch.linalg.vector_norm(X, dim=1).square()  # (n,)
+    yn = torch.linalg.vector_norm(Y, dim=1).square()  # (m,)
+    d2 = torch.addmm(yn[None, :], X, Y.T, beta=1.0, alpha=-2.0) + xn[:, None]  # (n, m)
+    return d2.clamp_min(0.0)  # out of place: the Gram must stay differentiable
+
+
 def pairwise_sq_dists(X: torch.Tensor, Y: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
     r"""Squared Euclidean distances :math:`\|x_i - y_j\|^2`, shape ``(n, m)``.
 
-    Uses the expansion :math:`\|a\|^2 + \|b\|^2 - 2 a^\top b` after subtracting
-    ``center`` (default: the mean of ``Y``) from both sets, which keeps float32
-    accurate when points are far from the origin but close to each other.
-    Negative round-off is clamped to 0.
+    Uses the expansion :math:`\|a\|^2 + \|b\|^2 - 2 a^\top b` (one matrix product), after
+    shifting both sets by ``center`` (default: the mean of ``Y`` when it is far from the origin
+    relative to the spread, see :func:`_centered`), which keeps float32 accurate for data far from
+    the origin. Negative round-off is clamped to 0.
     """
-    if center is None:
-        center = Y.mean(0, keepdim=True)
-    Xc = X - center  # (n, d)
-    Yc = Y - center  # (m, d)
-    d2 = (Xc * Xc).sum(1)[:, None] + (Yc * Yc).sum(1)[None, :] - 2.0 * (Xc @ Yc.T)  # (n, m)
-    return d2.clamp_min_(0.0)
+    Xc, Yc = _centered(X, Y, center)
+    return _sq_dists_raw(Xc, Yc)
 
 
 def median_heuristic(Y, *, max_points: int = _MEDIAN_MAX_POINTS, random_state: int = 0) -> float:
@@ -319,16 +342,16 @@ class GaussianKernel(Kernel):
         return torch.exp(-d2[None] * c[:, None, None]).sum(0)
 
     def _grad_block(self, X, Y, W):
-        center = Y.mean(0, keepdim=True)
-        d2 = pairwise_sq_dists(X, Y, center)  # (b, m)
+        Xc, Yc = _centered(X, Y)
+        d2 = _sq_dists_raw(Xc, Yc)  # (b, m)
         c = self._inv2s2(X)  # 1/(2 s^2)
         if c.numel() == 1:
-            G = torch.exp(-c[0] * d2) * (2.0 * c[0])  # k / s^2
+            G = torch.exp(-c[0] * d2).mul_(2.0 * c[0])  # k / s^2
         else:
             G = (torch.exp(-d2[None] * c[:, None, None]) * (2.0 * c)[:, None, None]).sum(0)
-        G = G * W  # (b, m)
-        Xc, Yc = X - center, Y - center
-        return G @ Yc - G.sum(1, keepdim=True) * Xc  # -(sum_j G_ij)(x_i - y_j) summed
+        G = G.mul_(W)  # (b, m)
+        # sum_j G_ij (y_j - x_i) = G Y - rowsum(G) x
+        return torch.addmm(Xc, G, Yc, beta=0.0).sub_(G.sum(1, keepdim=True) * Xc)
 
     def _diag(self, X):
         return torch.full((X.shape[0],), float(len(self.bandwidth_)), dtype=X.dtype, device=X.device)
@@ -370,11 +393,10 @@ class IMQKernel(Kernel):
         return (1.0 + pairwise_sq_dists(X, Y) / self.scale_**2) ** self.beta
 
     def _grad_block(self, X, Y, W):
-        center = Y.mean(0, keepdim=True)
-        d2 = pairwise_sq_dists(X, Y, center)
+        Xc, Yc = _centered(X, Y)
+        d2 = _sq_dists_raw(Xc, Yc)
         G = (1.0 + d2 / self.scale_**2) ** (self.beta - 1.0) * (2.0 * self.beta / self.scale_**2)
         G = G * W
-        Xc, Yc = X - center, Y - center
         return G.sum(1, keepdim=True) * Xc - G @ Yc
 
     def _diag(self, X):

@@ -83,22 +83,29 @@ def _mmd2(kernel, Z, Y, w, estimator, ref_term=None) -> torch.Tensor:
 
 
 def _mmd2_grad(kernel, X, Y, w, memory, terms, estimator) -> torch.Tensor:
-    """Gradient of MMD²(X ∪ memory, Y) with respect to each row of X, shape (B, D)."""
+    """Gradient of MMD²(X ∪ memory, Y) with respect to each row of X, shape (B, D).
+
+    The full gradient is one weighted kernel-gradient pass over the stacked set ``[X; M; Y]``
+    with weights ``2/norm`` (generated) and ``-2 w_j / n`` (references).
+    """
     B = X.shape[0]
     n = B + (0 if memory is None else memory.shape[0])
-    g = torch.zeros_like(X)
-    if terms in ("full", "self") and n > 1:
-        Z = X if memory is None else torch.cat([X, memory], 0)  # (n, D)
-        ones = torch.ones(n, dtype=X.dtype, device=X.device)
-        gs = kernel._grad(X, Z, ones)  # sum_b grad_1 k(x_i, z_b)
-        if estimator == "unbiased":
-            gs = gs - kernel._diag_grad(X)
-            norm = n * (n - 1)
-        else:
-            norm = n * n
-        g = g + (2.0 / norm) * gs
-    if terms in ("full", "cross"):
-        g = g - (2.0 / n) * kernel._grad(X, Y, w)
+    norm = n * n if estimator == "biased" else n * (n - 1)
+    use_self = terms in ("full", "self") and n > 1
+    use_cross = terms in ("full", "cross")
+    parts, weights = [], []
+    if use_self:
+        parts += [X] if memory is None else [X, memory]
+        weights.append(torch.full((n,), 2.0 / norm, dtype=X.dtype, device=X.device))
+    if use_cross:
+        parts.append(Y)
+        weights.append((-2.0 / n) * w)
+    if not parts:
+        return torch.zeros_like(X)
+    Z = parts[0] if len(parts) == 1 else torch.cat(parts, 0)  # (n [+ N], D)
+    g = kernel._grad(X, Z, weights[0] if len(weights) == 1 else torch.cat(weights))
+    if use_self and estimator == "unbiased":
+        g = g - (2.0 / norm) * kernel._diag_grad(X)
     return g
 
 

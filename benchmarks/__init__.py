@@ -1,0 +1,1 @@
+"""Ratio benchmarks: ``python -m benchmarks [names] [--quick]`` (each module has ``main(argv)``)."""
