@@ -63,8 +63,9 @@ def _centered(X: torch.Tensor, Y: torch.Tensor, center: torch.Tensor | None = No
     """
     if center is None:
         c = Y.mean(0, keepdim=True)  # (1, d)
-        c2 = float((c * c).sum())
-        spread = float(torch.linalg.vector_norm(Y, dim=1).pow(2).mean()) - c2
+        with torch.no_grad():
+            c2 = float((c * c).sum())
+            spread = float(torch.linalg.vector_norm(Y, dim=1).pow(2).mean()) - c2
         if c2 <= max(spread, 0.0):
             return X, Y
         center = c
