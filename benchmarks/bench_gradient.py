@@ -16,16 +16,13 @@ import subprocess
 import sys
 
 import torch
-from torch.utils import benchmark
-
 from mmdguidance.kernels import GaussianKernel
 from mmdguidance.mmd import MMD
 
 DIMS = (2, 64, 1024, 16384, 65536)
 
 
-def _time(fn, min_run_time):
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+from ._common import median_time as _time
 
 
 def gradient_vs_autograd(B=256, N=256, dims=DIMS, dtype=torch.float32, min_run_time=0.5, seed=0):

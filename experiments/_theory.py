@@ -12,7 +12,7 @@ from mmdguidance.gmm import GaussianMixture, kernel_mean_embedding_grad
 
 
 def target_mixture(d: int, sep: float = 2.0, spread: float = 0.5) -> GaussianMixture:
-    """Two equal-weight isotropic modes at ``±sep·e_1`` in ``d`` dimensions.
+    r"""Two equal-weight isotropic modes at ``±sep·e_1`` in ``d`` dimensions.
 
     The per-coordinate std is ``spread·sqrt(2/d)`` so the *total* within-mode spread
     :math:`E\|y - m\|^2 = 2\,\text{spread}^2` does not change with ``d``: kernel values at a fixed

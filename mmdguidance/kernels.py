@@ -53,7 +53,7 @@ _MEDIAN_MAX_POINTS = 1000
 
 # --------------------------------------------------------------------------- helpers
 def _centered(X: torch.Tensor, Y: torch.Tensor, center: torch.Tensor | None = None):
-    """Return ``X, Y`` shifted by a common centre when that improves float accuracy.
+    r"""Return ``X, Y`` shifted by a common centre when that improves float accuracy.
 
     The expansion :math:`\|a\|^2 + \|b\|^2 - 2a^\top b` loses about
     :math:`\epsilon(\|a\|^2 + \|b\|^2)` absolutely, so shifting both sets by the mean of ``Y``

@@ -1,0 +1,76 @@
+"""Random-feature and Nyström approximations of MMD² and its gradient."""
+
+import numpy as np
+import pytest
+import torch
+
+from experiments._common import loglog_slope
+from mmdguidance.approx import NystromMMD, RFFMMD
+from mmdguidance.kernels import GaussianKernel
+from mmdguidance.mmd import MMD
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    Y = rng.normal(size=(200, 5))
+    X = rng.normal(size=(60, 5)) + 0.7
+    return X, Y, MMD(kernel=GaussianKernel(bandwidth=1.5)).fit(Y)
+
+
+def test_rff_gradient_is_the_derivative_of_its_score(data):
+    X, Y, _ = data
+    r = RFFMMD(n_features=64, bandwidth=1.5, random_state=0).fit(Y)
+    Xr = torch.tensor(X, requires_grad=True)
+    r.score(Xr).backward()
+    np.testing.assert_allclose(r.gradient(X), Xr.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r.gradient(X, "cross") + r.gradient(X, "self"), r.gradient(X), rtol=1e-10, atol=1e-14)
+
+
+def test_nystrom_gradient_is_the_derivative_of_its_score(data):
+    X, Y, _ = data
+    ny = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=30, random_state=0).fit(Y)
+    Xr = torch.tensor(X, requires_grad=True)
+    ny.score(Xr).backward()
+    np.testing.assert_allclose(ny.gradient(X), Xr.grad.numpy(), rtol=1e-7, atol=1e-10)
+
+
+def test_rff_error_decays_like_inverse_sqrt_features(data):
+    X, Y, exact = data
+    g_exact = exact.gradient(X)
+    Rs = [16, 64, 256, 1024, 4096]
+    errs = []
+    for R in Rs:
+        e = [np.linalg.norm(RFFMMD(n_features=R, bandwidth=1.5, random_state=s).fit(Y).gradient(X) - g_exact)
+             for s in range(12)]
+        errs.append(np.mean(e))
+    slope, _ = loglog_slope(Rs, errs)
+    assert -0.7 <= slope <= -0.3, slope
+    assert errs[-1] / np.linalg.norm(g_exact) < 0.1
+
+
+def test_nystrom_with_all_references_has_exact_cross_term(data):
+    X, Y, exact = data
+    ny = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=10**6).fit(Y)
+    np.testing.assert_allclose(ny.gradient(X, "cross"), exact.gradient(X, "cross"), rtol=1e-6, atol=1e-9)
+    few = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=20, random_state=0).fit(Y)
+    more = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=120, random_state=0).fit(Y)
+    e = lambda m: np.linalg.norm(m.gradient(X) - exact.gradient(X))  # noqa: E731
+    assert e(more) < e(few)
+
+
+def test_seeded_and_bad_input(data):
+    X, Y, _ = data
+    a = RFFMMD(n_features=32, bandwidth=1.0, random_state=3).fit(Y).gradient(X)
+    b = RFFMMD(n_features=32, bandwidth=1.0, random_state=3).fit(Y).gradient(X)
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="n_features"):
+        RFFMMD(n_features=0).fit(Y)
+    with pytest.raises(ValueError, match="n_landmarks"):
+        NystromMMD(n_landmarks=0).fit(Y)
+    with pytest.raises(ValueError, match="single bandwidth"):
+        RFFMMD(bandwidth=[1.0, 2.0]).fit(Y)
+    with pytest.raises(ValueError, match="unknown terms"):
+        RFFMMD(bandwidth=1.0).fit(Y).gradient(X, terms="all")
+    with pytest.raises(ValueError, match="features"):
+        RFFMMD(bandwidth=1.0).fit(Y).score(X[:, :3])
