@@ -8,9 +8,13 @@ Both estimators share :class:`~mmdguidance.mmd.MMD`'s interface (``fit(refs, wei
     \mathrm{MMD}^2 \approx \Big\|\tfrac1n\sum_a \phi(z_a) - \sum_j w_j \phi(y_j)\Big\|^2, \qquad
     \nabla_{x_i} = \tfrac{2}{n}\, J_\phi(x_i)^\top \Big(\tfrac1n\sum_a\phi(z_a) - \mu_Y\Big)
 
-where :math:`\mu_Y = \sum_j w_j\phi(y_j)` is cached at fit. The reference side costs :math:`O(NRD)` once;
-a step costs :math:`O(nRD)` instead of :math:`O(n(n+N)D)`, which pays off for many references.
-``terms='cross'`` uses :math:`-\mu_Y` alone and ``'self'`` the generated mean alone.
+where :math:`\mu_Y = \sum_j w_j\phi(y_j)` is cached at fit. The reference side costs :math:`O(NRD)` once.
+By default (``exact_self_term=True``) only the *cross* term, the part that grows with N, is approximated:
+the self term among the n generated samples is computed exactly with the kernel (:math:`O(n^2 D)`,
+independent of N), so a step costs :math:`O(n(n + R)D)` instead of :math:`O(n(n+N)D)`. This matters for
+Nyström, whose landmarks come from the references and represent generated-vs-generated
+interactions poorly when the generated samples are away from the references (measured in
+``experiments/approx_error.py``).
 
 * :class:`RFFMMD` — random Fourier features (Rahimi & Recht 2007) for the Gaussian kernel:
   :math:`\phi(x) = \sqrt{2/R}\cos(Wx + b)`, :math:`W_{r\cdot} \sim N(0, \sigma^{-2} I)`, :math:`b \sim U[0, 2\pi]`;
@@ -65,9 +69,16 @@ class _FeatureMMD(BaseEstimator):
         """Approximate biased MMD² of ``X`` (plus ``memory``) to the references."""
         Xt = self._check_X(X)
         M = None if memory is None else self._check_X(memory, "memory")
-        m, _ = self._mean_phi(Xt, M)
-        v = m - self.mu_.to(Xt.dtype)
-        val = (v * v).sum()
+        m, n = self._mean_phi(Xt, M)
+        mu = self.mu_.to(Xt.dtype)
+        if self.exact_self_term:
+            Z = Xt if M is None else torch.cat([Xt, M.to(Xt)], 0)
+            k = self._self_kernel()
+            ones = torch.ones(n, dtype=Xt.dtype, device=Xt.device)
+            val = k._matvec(Z, Z, ones).sum() / n**2 - 2 * (m @ mu) + mu @ mu
+        else:
+            v = m - mu
+            val = (v * v).sum()
         return val if isinstance(X, torch.Tensor) else float(val)
 
     def gradient(self, X, terms="full", memory=None):
@@ -77,8 +88,16 @@ class _FeatureMMD(BaseEstimator):
         M = None if memory is None else match_tensor(self._check_X(memory, "memory"), Xt, what="memory")
         m, n = self._mean_phi(Xt, M)
         mu = self.mu_.to(Xt.dtype)
-        v = {"full": m - mu, "cross": -mu, "self": m}[terms]
-        return from_tensor((2.0 / n) * self._jvp(Xt, v), X)
+        if not self.exact_self_term:
+            v = {"full": m - mu, "cross": -mu, "self": m}[terms]
+            return from_tensor((2.0 / n) * self._jvp(Xt, v), X)
+        g = torch.zeros_like(Xt)
+        if terms in ("full", "cross"):
+            g = g - (2.0 / n) * self._jvp(Xt, mu)
+        if terms in ("full", "self"):
+            Z = Xt if M is None else torch.cat([Xt, M], 0)
+            g = g + (2.0 / n**2) * self._self_kernel()._grad(Xt, Z, torch.ones(n, dtype=Xt.dtype, device=Xt.device))
+        return from_tensor(g, X)
 
 
 class RFFMMD(_FeatureMMD):
@@ -90,6 +109,8 @@ class RFFMMD(_FeatureMMD):
         Number of random features R.
     bandwidth : float or 'median'
         :math:`\sigma` (a single scale).
+    exact_self_term : bool, default=True
+        Compute the generated-vs-generated term exactly (see the module docstring).
     random_state : int, Generator or None
 
     Attributes
@@ -102,10 +123,14 @@ class RFFMMD(_FeatureMMD):
     n_features_in_ : int
     """
 
-    def __init__(self, *, n_features=1024, bandwidth="median", random_state=None):
+    def __init__(self, *, n_features=1024, bandwidth="median", exact_self_term=True, random_state=None):
         self.n_features = n_features
         self.bandwidth = bandwidth
+        self.exact_self_term = exact_self_term
         self.random_state = random_state
+
+    def _self_kernel(self):
+        return self.kernel_
 
     def fit(self, X, y=None, *, weights=None):
         if isinstance(self.n_features, bool) or not isinstance(self.n_features, numbers.Integral) or self.n_features < 1:
@@ -115,6 +140,7 @@ class RFFMMD(_FeatureMMD):
         if bw.size != 1:
             raise ValueError("RFFMMD supports a single bandwidth (use one estimator per scale)")
         self.bandwidth_ = float(bw[0])
+        self.kernel_ = GaussianKernel(bandwidth=self.bandwidth_).fit(Y)  # for the exact self term
         g = check_random_state_torch(self.random_state)
         R, D = int(self.n_features), Y.shape[1]
         self.W_ = (torch.randn(R, D, generator=g, dtype=torch.float64) / self.bandwidth_).to(Y)
@@ -142,6 +168,8 @@ class NystromMMD(_FeatureMMD):
         Landmarks drawn (seeded) from the references; all references if ``>= N``.
     ridge : float
         Relative eigenvalue floor for :math:`K_{LL}^{-1/2}` (numerical safety).
+    exact_self_term : bool, default=True
+        Compute the generated-vs-generated term exactly (see the module docstring).
     random_state : int, Generator or None
 
     Attributes
@@ -154,11 +182,15 @@ class NystromMMD(_FeatureMMD):
     n_features_in_ : int
     """
 
-    def __init__(self, *, kernel=None, n_landmarks=100, ridge=1e-10, random_state=None):
+    def __init__(self, *, kernel=None, n_landmarks=100, ridge=1e-10, exact_self_term=True, random_state=None):
         self.kernel = kernel
         self.n_landmarks = n_landmarks
         self.ridge = ridge
+        self.exact_self_term = exact_self_term
         self.random_state = random_state
+
+    def _self_kernel(self):
+        return self.kernel_
 
     def fit(self, X, y=None, *, weights=None):
         if isinstance(self.n_landmarks, bool) or not isinstance(self.n_landmarks, numbers.Integral) or self.n_landmarks < 1:

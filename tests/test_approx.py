@@ -18,18 +18,20 @@ def data():
     return X, Y, MMD(kernel=GaussianKernel(bandwidth=1.5)).fit(Y)
 
 
-def test_rff_gradient_is_the_derivative_of_its_score(data):
+@pytest.mark.parametrize("exact_self", [True, False])
+def test_rff_gradient_is_the_derivative_of_its_score(data, exact_self):
     X, Y, _ = data
-    r = RFFMMD(n_features=64, bandwidth=1.5, random_state=0).fit(Y)
+    r = RFFMMD(n_features=64, bandwidth=1.5, exact_self_term=exact_self, random_state=0).fit(Y)
     Xr = torch.tensor(X, requires_grad=True)
     r.score(Xr).backward()
     np.testing.assert_allclose(r.gradient(X), Xr.grad.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(r.gradient(X, "cross") + r.gradient(X, "self"), r.gradient(X), rtol=1e-10, atol=1e-14)
 
 
-def test_nystrom_gradient_is_the_derivative_of_its_score(data):
+@pytest.mark.parametrize("exact_self", [True, False])
+def test_nystrom_gradient_is_the_derivative_of_its_score(data, exact_self):
     X, Y, _ = data
-    ny = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=30, random_state=0).fit(Y)
+    ny = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=30, exact_self_term=exact_self, random_state=0).fit(Y)
     Xr = torch.tensor(X, requires_grad=True)
     ny.score(Xr).backward()
     np.testing.assert_allclose(ny.gradient(X), Xr.grad.numpy(), rtol=1e-7, atol=1e-10)
@@ -53,6 +55,9 @@ def test_nystrom_with_all_references_has_exact_cross_term(data):
     X, Y, exact = data
     ny = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=10**6).fit(Y)
     np.testing.assert_allclose(ny.gradient(X, "cross"), exact.gradient(X, "cross"), rtol=1e-6, atol=1e-9)
+    # with the exact self term (default) the whole gradient and the score are then exact
+    np.testing.assert_allclose(ny.gradient(X), exact.gradient(X), rtol=1e-6, atol=1e-9)
+    assert ny.score(X) == pytest.approx(exact.score(X), rel=1e-6)
     few = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=20, random_state=0).fit(Y)
     more = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=120, random_state=0).fit(Y)
     e = lambda m: np.linalg.norm(m.gradient(X) - exact.gradient(X))  # noqa: E731
