@@ -284,36 +284,39 @@ class MMDGuidance:
     def _apply(self, x, g, lam):
         B, D = x.shape
         self._stats.updates += B
-        bad = ~torch.isfinite(g).all(1)  # (B,)
+        # all guards work on per-row norms: a row with NaN/inf has a non-finite norm
+        gn = torch.linalg.vector_norm(g, dim=1, keepdim=True)  # (B, 1)
+        bad = ~torch.isfinite(gn)  # (B, 1)
         n_bad = int(bad.sum())
         if n_bad:
-            g = torch.where(bad[:, None], torch.zeros_like(g), g)
+            g = torch.where(bad, torch.zeros_like(g), g)
+            gn = torch.where(bad, torch.zeros_like(gn), gn)
             self._stats.nonfinite += n_bad
-        gn = g.norm(dim=1, keepdim=True)  # (B, 1)
-        xn = x.norm(dim=1, keepdim=True)
+        xn = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (B, 1)
         if self.step_rule == "normalized":
-            delta = -lam * xn * g / (gn + 1e-5)
+            delta = (-lam) * (xn / (gn + 1e-5)) * g
         elif self.step_rule == "batch_normalized":
-            delta = -lam * xn.mean() * g / (gn.mean() + 1e-5)
+            delta = (-lam * float(xn.mean()) / (float(gn.mean()) + 1e-5)) * g
         else:
             delta = -lam * g
         cap = self.max_update_ratio * torch.clamp(xn, min=math.sqrt(D))  # (B, 1)
-        dn = delta.norm(dim=1, keepdim=True)
+        dn = torch.linalg.vector_norm(delta, dim=1, keepdim=True)
         over = (dn > cap) | ~torch.isfinite(dn)
         n_over = int(over.sum())
         if n_over:
             factor = torch.where(torch.isfinite(dn), cap / dn.clamp_min(1e-30), torch.zeros_like(dn))
             delta = torch.where(over, delta * factor, delta)
+            dn = torch.where(over, torch.where(torch.isfinite(dn), cap, torch.zeros_like(dn)), dn)
             self._stats.clipped += n_over
         x_new = x + delta
-        rev = ~torch.isfinite(x_new).all(1)
+        rev = ~torch.isfinite(torch.linalg.vector_norm(x_new, dim=1, keepdim=True))  # (B, 1)
         n_rev = int(rev.sum())
         if n_rev:
-            x_new = torch.where(rev[:, None], x, x_new)
+            x_new = torch.where(rev, x, x_new)
             self._stats.reverted += n_rev
         info = {
             "grad_norm": float(gn.mean()),
-            "step_size": float(delta.norm(dim=1).mean()),
+            "step_size": float(dn.mean()),
             "n_clipped": n_over,
             "n_nonfinite": n_bad + n_rev,
         }
