@@ -1,28 +1,45 @@
 r"""Sample-quality and distribution-distance metrics.
 
-All functions take numpy arrays or torch tensors of shape ``(n, d)`` and return Python floats (or small
-dicts). Random subsets/projections take ``random_state``. Conventions are stated per function.
+Every function takes samples as numpy arrays or torch tensors of shape ``(n, d)`` (one
+row per sample; flatten images or features first) and returns Python floats or small
+dicts of floats (JSON-friendly). Computations run in float64: kernel and distance
+metrics in torch on the device of the input, the optimal-transport, Fréchet and
+nearest-neighbour metrics through POT / scipy / scikit-learn on the CPU. Everything
+random takes ``random_state`` (None, int, numpy or torch generator).
 
-* :func:`exact_mmd2_to_mixture` — exact V-statistic MMD² between a sample and a Gaussian mixture.
-* :func:`mmd2_empirical` — unbiased (default) or biased MMD² between two samples.
-* :func:`energy_distance` — :math:`2E\|X-Y\| - E\|X-X'\| - E\|Y-Y'\|` (V-statistic).
-* :func:`wasserstein2`, :func:`sliced_wasserstein2` — exact W₂ and sliced W₂ via POT.
-* :func:`frechet_distance` — FD/FID formula between Gaussian fits.
-* :func:`kernel_distance` — KID: unbiased cubic-polynomial MMD² averaged over random subsets.
-* :func:`precision_recall_density_coverage` — k-NN manifold metrics (Kynkäänniemi et al. 2019; Naeem et al. 2020).
-* :func:`rke`, :func:`vendi_score`, :func:`rrke` — kernel-entropy diversity scores.
-* :func:`mode_coverage`, :func:`mode_weight_error` — for Gaussian-mixture targets.
+Distances between two samples (``X`` generated, ``Y`` references)
+
+* :func:`mmd2_empirical` -- unbiased (default) or biased MMD², via :mod:`mmdguidance.mmd`.
+* :func:`exact_mmd2_to_mixture` -- exact biased MMD² between a sample and a Gaussian
+  mixture (wrapper of :func:`mmdguidance.gmm.mmd2_to_mixture`).
+* :func:`energy_distance` -- :math:`2E\|X-Y\| - E\|X-X'\| - E\|Y-Y'\|` (V- or U-statistic).
+* :func:`wasserstein2`, :func:`sliced_wasserstein2` -- exact and sliced :math:`W_2` (POT).
+* :func:`frechet_distance` -- the FID formula between Gaussian fits of the features.
+* :func:`kernel_distance` -- KID: unbiased cubic-polynomial MMD² over random subsets.
+* :func:`precision_recall_density_coverage` -- k-NN manifold metrics.
+* :func:`rrke` -- relative Rényi kernel entropy (order 1/2).
+
+Diversity of one sample: :func:`rke` (Rényi kernel entropy mode count, order 2) and
+:func:`vendi_score` (order q). Gaussian-mixture targets: :func:`mode_coverage` and
+:func:`mode_weight_error`.
+
+Bad input (NaN/inf, a 1-D or 3-D array, feature counts that differ between the two
+sets, too few samples) raises ``ValueError`` naming the problem.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.linalg
-import torch
+import math
+import numbers
+import warnings
 
-from ._utils import check_array_2d, check_random_state_torch, logger
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from ._utils import check_array_2d, check_positive, check_random_state_torch, logger
 from .kernels import GaussianKernel, Kernel, PolynomialKernel
-from .mmd import MMD
+from .mmd import MMD, mmd2
 
 __all__ = [
     "exact_mmd2_to_mixture",
@@ -40,210 +57,662 @@ __all__ = [
     "mode_weight_error",
 ]
 
+#: Elements of one row block in the chunked pairwise computations.
+_BLOCK_ELEMENTS = 2**22
 
-def _np(X, name, min_samples=1, d=None):
-    return check_array_2d(X, name=name, min_samples=min_samples, n_features=d).detach().cpu().numpy()
+
+# --------------------------------------------------------------------------- validation helpers
+def _check_samples(X, *, name: str, func: str, min_samples: int = 1, n_features: int | None = None) -> torch.Tensor:
+    """Validate a 2-D finite sample matrix; return a detached float64 tensor on its device."""
+    t = check_array_2d(X, name=name)  # 2-D, >= 1 row, finite
+    if t.shape[0] < min_samples:
+        raise ValueError(f"{func}: {name} needs at least {min_samples} samples, got {t.shape[0]}")
+    if n_features is not None and t.shape[1] != n_features:
+        raise ValueError(
+            f"{func}: {name} has {t.shape[1]} features but the other sample has {n_features}; "
+            "both must live in the same feature space"
+        )
+    return t.detach().to(torch.float64)
 
 
-def _pair(X, Y, min_samples=1):
-    Xn = _np(X, "X", min_samples)
-    Yn = _np(Y, "Y", min_samples, d=Xn.shape[1])
-    return Xn, Yn
+def _check_pair(X, Y, *, func: str, min_samples: int = 1, names=("X", "Y")):
+    """Validate two samples with the same feature count; return float64 tensors on one device."""
+    Xt = _check_samples(X, name=names[0], func=func, min_samples=min_samples)
+    Yt = _check_samples(Y, name=names[1], func=func, min_samples=min_samples, n_features=Xt.shape[1])
+    if isinstance(X, torch.Tensor) and isinstance(Y, torch.Tensor) and X.device != Y.device:
+        raise ValueError(f"{func}: {names[0]} is on {X.device} but {names[1]} on {Y.device}")
+    if isinstance(Y, torch.Tensor) and not isinstance(X, torch.Tensor):
+        Xt = Xt.to(Yt.device)
+    else:
+        Yt = Yt.to(Xt.device)
+    return Xt, Yt
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy()
+
+
+def _check_int(value, *, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_mixture(mixture, func: str):
+    from .gmm import GaussianMixture
+
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"{func}: mixture must be a mmdguidance.gmm.GaussianMixture, got {type(mixture).__name__}")
+    return mixture
 
 
 # --------------------------------------------------------------------------- MMD family
 def exact_mmd2_to_mixture(X, mixture, bandwidth) -> float:
-    """Exact biased MMD² between the empirical measure of ``X`` and a Gaussian mixture (Gaussian kernel).
+    r"""Exact biased MMD² between the empirical measure of ``X`` and a Gaussian mixture.
 
-    Thin wrapper of :func:`mmdguidance.gmm.mmd2_to_mixture` (closed-form kernel mean embedding).
+    With the Gaussian kernel :math:`k(x, y) = \exp(-\|x-y\|^2 / 2\sigma^2)` (summed over
+    scales when ``bandwidth`` is a list) and :math:`\mu_Q(z) = E_{Y\sim Q} k(z, Y)` in closed form,
+
+    .. math:: \mathrm{MMD}^2 = \frac1{n^2}\sum_{i,i'} k(x_i, x_{i'}) - \frac2n \sum_i \mu_Q(x_i)
+              + E_{Y,Y'\sim Q}\, k(Y, Y'),
+
+    the V-statistic in ``X`` (diagonal included), exact in ``Q`` (no reference sample).
+    For :math:`x_i \sim Q` i.i.d. its expectation is :math:`(S - E_{QQ}k)/n`, with
+    :math:`S` the number of scales. A thin wrapper of :func:`mmdguidance.gmm.mmd2_to_mixture`.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    mixture : GaussianMixture of dimension d
+    bandwidth : float or list of float
+        Gaussian bandwidth(s) :math:`\sigma`.
+
+    Returns
+    -------
+    float
     """
     from .gmm import mmd2_to_mixture
 
-    return float(mmd2_to_mixture(_np(X, "X", d=mixture.dim), mixture, bandwidth))
+    mixture = _check_mixture(mixture, "exact_mmd2_to_mixture")
+    Xt = _check_samples(X, name="X", func="exact_mmd2_to_mixture", n_features=mixture.dim)
+    return float(mmd2_to_mixture(Xt, mixture, bandwidth))
 
 
 def mmd2_empirical(X, Y, kernel: Kernel | None = None, estimator: str = "unbiased") -> float:
-    """MMD² between samples ``X`` and ``Y`` (``Y`` plays the references; default Gaussian kernel with the
-    median bandwidth of ``Y``)."""
-    Xn, Yn = _pair(X, Y, min_samples=2)
-    return float(MMD(kernel=kernel, estimator=estimator).fit(Yn).score(Xn))
+    r"""MMD² between the samples ``X`` (generated, n rows) and ``Y`` (references, m rows).
+
+    .. math:: \widehat{\mathrm{MMD}}{}^2_u = \frac{1}{n(n-1)}\sum_{i\ne i'} k(x_i,x_{i'})
+              + \frac{1}{m(m-1)}\sum_{j\ne j'} k(y_j,y_{j'}) - \frac{2}{nm}\sum_{i,j} k(x_i,y_j)
+
+    (``estimator='unbiased'``, the U-statistic; may be negative) or the V-statistic
+    ``'biased'`` (diagonals included, normalised by :math:`n^2` and :math:`m^2`; always >= 0).
+    Computed by :class:`mmdguidance.mmd.MMD` fitted on ``Y``.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d), n >= 2
+    Y : array or tensor of shape (m, d), m >= 2
+    kernel : Kernel, optional
+        Cloned and fitted on ``Y``. Default: Gaussian kernel with the median-heuristic
+        bandwidth of ``Y`` (median pairwise distance of the references, used as :math:`\sigma`).
+    estimator : {'unbiased', 'biased'}
+
+    Returns
+    -------
+    float
+    """
+    Xt, Yt = _check_pair(X, Y, func="mmd2_empirical", min_samples=2)
+    return float(MMD(kernel=kernel, estimator=estimator).fit(Yt).score(Xt))
 
 
-def energy_distance(X, Y) -> float:
-    r"""Energy distance :math:`2E\|X-Y\| - E\|X-X'\| - E\|Y-Y'\|` (V-statistic: the within-sample means
-    include the zero diagonal). In 1-D it equals ``scipy.stats.energy_distance(x, y)**2`` (scipy returns the
-    square root of the same expression)."""
-    Xn, Yn = _pair(X, Y)
-    from scipy.spatial.distance import cdist
+def _distance_sum(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_{a,b}\|a-b\|` over all pairs, in row blocks (memory O(block * len(B)))."""
+    rows = max(1, _BLOCK_ELEMENTS // max(B.shape[0], 1))
+    total = torch.zeros((), dtype=A.dtype, device=A.device)
+    for s in range(0, A.shape[0], rows):
+        # exact differences, not the ||a||^2 + ||b||^2 - 2ab expansion (sqrt amplifies its round-off near 0)
+        total = total + torch.cdist(A[s : s + rows], B, compute_mode="donot_use_mm_for_euclid_dist").sum()  # (b, m) -> ()
+    return total
 
-    return float(2 * cdist(Xn, Yn).mean() - cdist(Xn, Xn).mean() - cdist(Yn, Yn).mean())
+
+def energy_distance(X, Y, estimator: str = "biased") -> float:
+    r"""Energy distance (Székely & Rizzo), the squared form
+
+    .. math:: \mathcal E(P, Q) = 2E\|X-Y\| - E\|X-X'\| - E\|Y-Y'\| \;\ge 0 .
+
+    ``estimator='biased'`` (default, V-statistic): every expectation is the plain mean
+    over all pairs, the within-sample ones including the zero diagonal
+    (:math:`\frac1{n^2}\sum_{i,i'}`); this is :math:`\mathcal E` of the two empirical measures,
+    always >= 0, and 0 iff they coincide. In 1-D it equals
+    :math:`2\int (F_n - G_m)^2\,dt` and ``scipy.stats.energy_distance(x, y) ** 2``
+    (scipy returns the square root :math:`\sqrt{2}\,\|F_n-G_m\|_{L^2}`).
+    ``estimator='unbiased'`` (U-statistic): within-sample means over :math:`i\ne i'`
+    (:math:`\frac1{n(n-1)}\sum_{i\ne i'}`); unbiased for :math:`\mathcal E(P,Q)`, may be < 0.
+    It is :math:`2\,\mathrm{MMD}^2` for the distance kernel :math:`k(x,y) = \frac12(\|x\|+\|y\|-\|x-y\|)`.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    Y : array or tensor of shape (m, d)
+        Both need >= 2 rows for the unbiased estimator.
+    estimator : {'biased', 'unbiased'}
+
+    Returns
+    -------
+    float
+    """
+    if estimator not in ("biased", "unbiased"):
+        raise ValueError(f"unknown estimator={estimator!r}; expected 'biased' or 'unbiased'")
+    Xt, Yt = _check_pair(X, Y, func="energy_distance", min_samples=2 if estimator == "unbiased" else 1)
+    n, m = Xt.shape[0], Yt.shape[0]
+    nx, ny = (n * n, m * m) if estimator == "biased" else (n * (n - 1), m * (m - 1))
+    val = 2.0 * _distance_sum(Xt, Yt) / (n * m) - _distance_sum(Xt, Xt) / nx - _distance_sum(Yt, Yt) / ny
+    return float(val)
 
 
 # --------------------------------------------------------------------------- optimal transport
-def wasserstein2(X, Y) -> float:
-    r"""Exact :math:`W_2` between the uniform empirical measures of ``X`` and ``Y`` (POT ``emd2``, squared
-    Euclidean cost); returns :math:`W_2` (not squared)."""
+def wasserstein2(X, Y, num_iter_max: int = 1_000_000) -> float:
+    r"""Exact 2-Wasserstein distance between the uniform empirical measures of ``X`` and ``Y``.
+
+    .. math:: W_2 = \Big(\min_{\pi\in\Pi(\frac1n\mathbf 1, \frac1m\mathbf 1)}
+              \sum_{i,j}\pi_{ij}\|x_i-y_j\|^2\Big)^{1/2}
+
+    solved as a linear program by POT's network simplex (``ot.emd2``, squared Euclidean
+    cost). Returns :math:`W_2`, not its square. Cost :math:`O(n^3)`-ish and an
+    :math:`n\times m` matrix: meant for a few thousand samples. An empirical :math:`W_2`
+    overestimates the population distance by a sampling term that decays slowly in high
+    dimension; compare methods at equal sample sizes.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    Y : array or tensor of shape (m, d)
+    num_iter_max : int
+        Simplex iteration limit (POT warns if reached).
+
+    Returns
+    -------
+    float
+    """
     import ot
 
-    Xn, Yn = _pair(X, Y)
-    M = ot.dist(Xn, Yn)  # squared Euclidean
-    a = np.full(len(Xn), 1 / len(Xn))
-    b = np.full(len(Yn), 1 / len(Yn))
-    return float(np.sqrt(max(ot.emd2(a, b, M, numItermax=1_000_000), 0.0)))
+    Xt, Yt = _check_pair(X, Y, func="wasserstein2")
+    Xn, Yn = _np(Xt), _np(Yt)
+    M = ot.dist(Xn, Yn, metric="sqeuclidean")  # (n, m)
+    a = np.full(len(Xn), 1.0 / len(Xn))
+    b = np.full(len(Yn), 1.0 / len(Yn))
+    cost = float(ot.emd2(a, b, M, numItermax=_check_int(num_iter_max, name="num_iter_max", minimum=1)))
+    return math.sqrt(max(cost, 0.0))
 
 
-def sliced_wasserstein2(X, Y, n_projections: int = 256, random_state=None) -> float:
-    """Sliced :math:`W_2` (POT ``sliced_wasserstein_distance``, p = 2) over seeded random directions."""
+def sliced_wasserstein2(X, Y, n_projections: int = 128, random_state=None) -> float:
+    r"""Sliced 2-Wasserstein distance over random directions (POT ``sliced_wasserstein_distance``).
+
+    .. math:: SW_2 = \Big(\frac1L \sum_{l=1}^L W_2^2(\theta_l^\top X, \theta_l^\top Y)\Big)^{1/2},
+              \qquad \theta_l \sim \mathrm{Unif}(S^{d-1}),
+
+    each 1-D :math:`W_2` exact (sorted quantiles). The directions are drawn from a torch
+    generator seeded by ``random_state``, so a fixed seed gives the same value. For a
+    translation :math:`Y = X + v`, :math:`E[SW_2^2] = \|v\|^2/d`.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    Y : array or tensor of shape (m, d)
+    n_projections : int
+        Number of directions L.
+    random_state : None, int, numpy or torch generator
+
+    Returns
+    -------
+    float
+    """
     import ot
 
-    Xn, Yn = _pair(X, Y)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=check_random_state_torch(random_state)))
-    return float(ot.sliced_wasserstein_distance(Xn, Yn, n_projections=n_projections, p=2, seed=seed))
+    L = _check_int(n_projections, name="n_projections", minimum=1)
+    Xt, Yt = _check_pair(X, Y, func="sliced_wasserstein2")
+    g = check_random_state_torch(random_state)
+    theta = torch.randn(Xt.shape[1], L, generator=g, dtype=torch.float64)  # (d, L)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    return float(ot.sliced_wasserstein_distance(_np(Xt), _np(Yt), projections=theta.numpy(), p=2))
 
 
 # --------------------------------------------------------------------------- Frechet / KID
-def frechet_distance(X, Y, eps: float = 1e-6) -> float:
-    r""":math:`\|\mu_X-\mu_Y\|^2 + \mathrm{tr}(\Sigma_X + \Sigma_Y - 2(\Sigma_X\Sigma_Y)^{1/2})` between Gaussian fits
-    (unbiased covariances). A singular product gets ``eps·I`` added (logged); tiny imaginary parts of the
-    square root are dropped."""
-    Xn, Yn = _pair(X, Y, min_samples=2)
-    mu1, mu2 = Xn.mean(0), Yn.mean(0)
-    S1, S2 = np.atleast_2d(np.cov(Xn, rowvar=False)), np.atleast_2d(np.cov(Yn, rowvar=False))
+def _trace_sqrt_product(S1: np.ndarray, S2: np.ndarray) -> float:
+    r""":math:`\mathrm{tr}\,(S_1 S_2)^{1/2}` by ``scipy.linalg.sqrtm`` (the FID convention)."""
+    import scipy.linalg
+
     covmean = scipy.linalg.sqrtm(S1 @ S2)
+    if np.iscomplexobj(covmean):
+        # S1 S2 is similar to the PSD matrix S1^{1/2} S2 S1^{1/2}: its root is real up to round-off
+        imag = float(np.abs(covmean.imag).max())
+        scale = max(1.0, float(np.abs(covmean.real).max()))
+        if imag > 1e-3 * scale:
+            raise ValueError(
+                f"frechet_distance: the matrix square root has an imaginary part of {imag:.3g} "
+                "(covariances not positive semi-definite?)"
+            )
+        covmean = covmean.real
     if not np.isfinite(covmean).all():
-        logger.warning("frechet_distance: singular covariance product; adding %g*I", eps)
-        off = eps * np.eye(S1.shape[0])
-        covmean = scipy.linalg.sqrtm((S1 + off) @ (S2 + off))
-    covmean = np.real(covmean)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * np.trace(covmean))
+        raise ValueError("frechet_distance: the matrix square root is not finite")
+    return float(np.trace(covmean))
+
+
+def frechet_distance(X, Y, eps: float = 1e-6) -> float:
+    r"""Fréchet distance between Gaussian fits of two feature sets (the FID formula).
+
+    .. math:: \mathrm{FD} = \|\mu_X - \mu_Y\|^2 + \mathrm{tr}\big(\Sigma_X + \Sigma_Y
+              - 2(\Sigma_X\Sigma_Y)^{1/2}\big)
+
+    with sample means and unbiased covariances (``ddof=1``, as pytorch-fid / clean-fid);
+    this is the squared 2-Wasserstein distance between the two fitted Gaussians.
+    :math:`(\Sigma_X\Sigma_Y)^{1/2}` is computed by ``scipy.linalg.sqrtm``; imaginary parts
+    from round-off are dropped (a large one raises ``ValueError``). If either covariance is
+    singular (fewer samples than features, constant features: smallest eigenvalue
+    :math:`\le 10^{-10}\lambda_{\max}`) the square root is ill-conditioned: a
+    ``RuntimeWarning`` is issued and :math:`\epsilon I` with
+    :math:`\epsilon = \mathrm{eps}\cdot\max(\mathrm{tr}\Sigma_X, \mathrm{tr}\Sigma_Y)/d` is
+    added to both covariances (the result then carries an error of order
+    :math:`d\sqrt{\epsilon\,\lambda}`). The plug-in FD is biased upwards at small n.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d), n >= 2
+    Y : array or tensor of shape (m, d), m >= 2
+    eps : float
+        Relative regulariser for singular covariances.
+
+    Returns
+    -------
+    float
+    """
+    eps = check_positive(eps, name="eps")
+    Xt, Yt = _check_pair(X, Y, func="frechet_distance", min_samples=2)
+    Xn, Yn = _np(Xt), _np(Yt)
+    d = Xn.shape[1]
+    mu1, mu2 = Xn.mean(0), Yn.mean(0)
+    S1 = np.atleast_2d(np.cov(Xn, rowvar=False))  # (d, d), ddof=1
+    S2 = np.atleast_2d(np.cov(Yn, rowvar=False))
+    singular = []
+    for nm, S in (("X", S1), ("Y", S2)):
+        lam = np.linalg.eigvalsh(S)
+        if lam[0] <= 1e-10 * max(lam[-1], np.finfo(float).tiny):
+            singular.append(f"{nm} (rank {int((lam > 1e-10 * max(lam[-1], 0)).sum())} < {d})")
+    if singular:
+        off = eps * max(np.trace(S1), np.trace(S2), np.finfo(float).tiny) / d
+        warnings.warn(
+            f"frechet_distance: singular covariance of {' and '.join(singular)}; "
+            f"adding {off:.3g}*I to both covariances",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        S1 = S1 + off * np.eye(d)
+        S2 = S2 + off * np.eye(d)
+    tr_sqrt = _trace_sqrt_product(S1, S2)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(S1) + np.trace(S2) - 2.0 * tr_sqrt)
 
 
 def kernel_distance(X, Y, n_subsets: int = 100, subset_size: int = 1000, random_state=None) -> dict:
-    r"""KID: the unbiased MMD² with the cubic polynomial kernel :math:`(x^\top y/d + 1)^3`, averaged over
-    ``n_subsets`` random subsets of size ``min(subset_size, len(X), len(Y))`` (>= 2).
+    r"""Kernel distance / KID (Bińkowski et al. 2018) over random subsets.
 
-    Returns ``{"mean": ..., "std": ...}`` over the subsets.
+    For each of ``n_subsets`` subsets (``s`` rows of ``X`` and ``s`` rows of ``Y``, each drawn
+    without replacement), the unbiased MMD² with the cubic polynomial kernel
+    :math:`k(a, b) = (a^\top b / d + 1)^3`:
+
+    .. math:: \widehat{\mathrm{MMD}}{}^2_u = \frac{1}{s(s-1)}\sum_{i\ne i'} k(x_i,x_{i'})
+              + \frac{1}{s(s-1)}\sum_{j\ne j'} k(y_j,y_{j'}) - \frac{2}{s^2}\sum_{i,j} k(x_i,y_j),
+
+    computed by :func:`mmdguidance.mmd.mmd2` with
+    :class:`~mmdguidance.kernels.PolynomialKernel` (degree 3, gamma 1/d, coef0 1).
+    ``s = min(subset_size, n, m)``, so small samples work (s >= 2). Each subset value is
+    unbiased (can be < 0); so is their mean. Values are not multiplied by 1000 (papers
+    often report KID x 1e3).
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    Y : array or tensor of shape (m, d)
+    n_subsets : int
+    subset_size : int
+    random_state : None, int, numpy or torch generator
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``std`` (population std, ``ddof=0``, as torch-fidelity) of the subset
+        values, ``subset_size`` (the clipped s) and ``n_subsets``.
     """
-    Xn, Yn = _pair(X, Y, min_samples=2)
-    m = min(int(subset_size), len(Xn), len(Yn))
+    S = _check_int(n_subsets, name="n_subsets", minimum=1)
+    _check_int(subset_size, name="subset_size", minimum=2)
+    Xt, Yt = _check_pair(X, Y, func="kernel_distance", min_samples=2)
+    s = min(int(subset_size), Xt.shape[0], Yt.shape[0])
+    kernel = PolynomialKernel(degree=3, gamma=None, coef0=1.0).fit(Yt)  # gamma = 1/d
     g = check_random_state_torch(random_state)
-    vals = []
-    for _ in range(int(n_subsets)):
-        ix = torch.randperm(len(Xn), generator=g)[:m].numpy()
-        iy = torch.randperm(len(Yn), generator=g)[:m].numpy()
-        vals.append(MMD(kernel=PolynomialKernel(), estimator="unbiased").fit(Yn[iy]).score(Xn[ix]))
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "subset_size": m}
+    vals = torch.empty(S, dtype=torch.float64)
+    for r in range(S):
+        ix = torch.randperm(Xt.shape[0], generator=g)[:s].to(Xt.device)  # (s,)
+        iy = torch.randperm(Yt.shape[0], generator=g)[:s].to(Yt.device)
+        vals[r] = float(mmd2(kernel, Xt[ix], Yt[iy], estimator="unbiased"))
+    return {
+        "mean": float(vals.mean()),
+        "std": float(vals.std(correction=0)),
+        "subset_size": int(s),
+        "n_subsets": S,
+    }
 
 
 # --------------------------------------------------------------------------- k-NN manifold metrics
 def precision_recall_density_coverage(real, fake, k: int = 5) -> dict:
     r"""Precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020).
 
-    With :math:`r_k(x)` the distance from a point to its k-th nearest neighbour within its own set:
-    precision = fraction of fake samples inside some real ball :math:`B(y, r_k(y))`; recall = fraction of
-    real samples inside some fake ball; density = :math:`\frac{1}{kM}\sum_j \#\{i: f_j \in B(y_i, r_k(y_i))\}`;
-    coverage = fraction of real samples whose ball contains at least one fake sample.
+    With :math:`r_k(z)` the distance from a point to its k-th nearest neighbour within its
+    own set (itself excluded; scikit-learn ``NearestNeighbors``), :math:`B(z, r)` the closed
+    ball, real samples :math:`y_1..y_N` and fake samples :math:`f_1..f_M`:
+
+    .. math::
+        \text{precision} &= \frac1M\sum_j \mathbb 1\big[\exists i: f_j\in B(y_i, r_k(y_i))\big] \\
+        \text{recall} &= \frac1N\sum_i \mathbb 1\big[\exists j: y_i\in B(f_j, r_k(f_j))\big] \\
+        \text{density} &= \frac{1}{kM}\sum_j\sum_i \mathbb 1\big[f_j\in B(y_i, r_k(y_i))\big] \\
+        \text{coverage} &= \frac1N\sum_i \mathbb 1\big[\exists j: f_j\in B(y_i, r_k(y_i))\big]
+
+    Balls are closed (:math:`\le`; the ``prdc`` package uses :math:`<`, which differs only
+    on ties). Density is not bounded by 1 (about 1 when fake and real are i.i.d. from one
+    distribution). The ``N x M`` distances are processed in blocks of fake rows.
+
+    Parameters
+    ----------
+    real : array or tensor of shape (N, d), N >= k + 1
+    fake : array or tensor of shape (M, d), M >= k + 1
+    k : int, >= 1
+
+    Returns
+    -------
+    dict with float entries ``precision``, ``recall``, ``density``, ``coverage``
     """
+    from scipy.spatial.distance import cdist
     from sklearn.neighbors import NearestNeighbors
 
-    R, F = _pair(real, fake, min_samples=k + 1)
+    k = _check_int(k, name="k", minimum=1)
+    Rt, Ft = _check_pair(real, fake, func="precision_recall_density_coverage", min_samples=k + 1, names=("real", "fake"))
+    R, F = _np(Rt), _np(Ft)
 
-    def radii(A):
-        d, _ = NearestNeighbors(n_neighbors=k + 1).fit(A).kneighbors(A)
-        return d[:, -1]  # the first neighbour is the point itself
+    def radii(A):  # (len(A),) distance to the k-th neighbour, the point itself excluded
+        dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(A).kneighbors(A)
+        return dist[:, k]
 
     rr, rf = radii(R), radii(F)
-    from scipy.spatial.distance import cdist
-
-    D = cdist(R, F)  # (n_real, n_fake)
-    inside_real = D <= rr[:, None]  # fake j inside real ball i
-    inside_fake = D <= rf[None, :]  # real i inside fake ball j
+    N, M = len(R), len(F)
+    precise = np.zeros(M, bool)
+    n_in_real = np.zeros(M)
+    covered = np.zeros(N, bool)
+    recalled = np.zeros(N, bool)
+    rows = max(1, _BLOCK_ELEMENTS // N)
+    for s in range(0, M, rows):
+        D = cdist(F[s : s + rows], R)  # (b, N)
+        in_real = D <= rr[None, :]  # fake j inside real ball i
+        precise[s : s + rows] = in_real.any(1)
+        n_in_real[s : s + rows] = in_real.sum(1)
+        covered |= in_real.any(0)
+        recalled |= (D <= rf[s : s + rows, None]).any(0)  # real i inside fake ball j
     return {
-        "precision": float(inside_real.any(0).mean()),
-        "recall": float(inside_fake.any(1).mean()),
-        "density": float(inside_real.sum(0).mean() / k),
-        "coverage": float(inside_real.any(1).mean()),
+        "precision": float(precise.mean()),
+        "recall": float(recalled.mean()),
+        "density": float(n_in_real.sum() / (k * M)),
+        "coverage": float(covered.mean()),
     }
 
 
 # --------------------------------------------------------------------------- kernel entropies
-def _kernel_matrix(X, kernel):
-    Xn = _np(X, "X", min_samples=1)
-    k = GaussianKernel(bandwidth="median") if kernel is None else kernel
-    if len(Xn) < 2 and isinstance(k, GaussianKernel) and k.bandwidth == "median":
-        k = GaussianKernel(bandwidth=1.0)
-    k = k.fit(Xn) if not hasattr(k, "n_features_in_") else k
-    return np.asarray(k.gram(Xn, Xn))
+def _resolve_kernel(kernel, fit_on: torch.Tensor, func: str) -> Kernel:
+    """None -> Gaussian median; float -> Gaussian bandwidth; unfitted Kernel -> clone fitted on ``fit_on``."""
+    if kernel is None:
+        if fit_on.shape[0] < 2 or not bool((fit_on != fit_on[:1]).any()):
+            raise ValueError(
+                f"{func}: the default median-heuristic bandwidth needs at least 2 distinct samples; "
+                "pass kernel=<float bandwidth> or a Kernel"
+            )
+        kernel = GaussianKernel(bandwidth="median")
+    elif isinstance(kernel, numbers.Real) and not isinstance(kernel, bool):
+        kernel = GaussianKernel(bandwidth=check_positive(kernel, name="bandwidth"))
+    elif not isinstance(kernel, Kernel):
+        raise TypeError(f"{func}: kernel must be None, a float bandwidth or a mmdguidance Kernel, got {type(kernel).__name__}")
+    if kernel.__sklearn_is_fitted__():
+        if kernel.n_features_in_ != fit_on.shape[1]:
+            raise ValueError(f"{func}: the kernel was fitted on {kernel.n_features_in_} features, the data has {fit_on.shape[1]}")
+        return kernel
+    return clone(kernel).fit(fit_on)
 
 
-def rke(X, kernel: Kernel | None = None) -> float:
-    r"""Rényi kernel entropy mode count (order 2): :math:`1/\|K/n\|_F^2` for a normalised kernel (k(x,x) = 1)
-    (Jalali et al. 2023). Identical points give 1; m well-separated equal clusters give about m."""
-    K = _kernel_matrix(X, kernel)
-    n = K.shape[0]
-    return float(1.0 / ((K / n) ** 2).sum())
+def _normalised_gram(kernel: Kernel, A: torch.Tensor, B: torch.Tensor, func: str) -> torch.Tensor:
+    r"""Cosine-normalised Gram matrix :math:`k(a,b)/\sqrt{k(a,a)k(b,b)}` (so that k(x,x) = 1), shape (n, m)."""
+    K = kernel._gram(A, B)  # (n, m)
+    da, db = kernel._diag(A), kernel._diag(B)  # (n,), (m,)
+    if bool((da <= 0).any()) or bool((db <= 0).any()):
+        raise ValueError(f"{func}: the kernel has k(x, x) <= 0 at some sample; cannot normalise it")
+    return K / torch.sqrt(da[:, None] * db[None, :])
 
 
-def vendi_score(X, kernel: Kernel | None = None, q: float = 1.0) -> float:
-    r"""Vendi score (Friedman & Dieng 2023): :math:`\exp(H_q(\lambda))` of the eigenvalues :math:`\lambda` of
-    :math:`K/n` (order q; q = 1 Shannon, q = 2 equals :func:`rke`)."""
-    K = _kernel_matrix(X, kernel)
-    lam = np.clip(np.linalg.eigvalsh(K / K.shape[0]), 0, None)
-    lam = lam / lam.sum()
-    lam = lam[lam > 0]
-    if q == 1:
-        return float(np.exp(-(lam * np.log(lam)).sum()))
-    return float(np.exp(np.log((lam**q).sum()) / (1 - q)))
+def rke(X, kernel=None) -> float:
+    r"""Rényi kernel entropy mode count of order 2 (Jalali, Li & Farnia, NeurIPS 2023).
 
+    .. math:: \mathrm{RKE}(X) = \Big(\frac1{n^2}\sum_{i,i'} k(x_i, x_{i'})^2\Big)^{-1}
+              = \frac{1}{\|K/n\|_F^2} = \frac{1}{\sum_l \lambda_l^2},
 
-def rrke(X, Y, kernel: Kernel | None = None) -> float:
-    r"""Relative Rényi kernel entropy (order 2) of generated ``X`` w.r.t. references ``Y``, in the
-    cross-covariance form implemented here (the exact constants of the published definition were not
-    available to us):
+    :math:`\lambda_l` the eigenvalues of :math:`K/n` (V-statistic, diagonal included),
+    i.e. :math:`\exp` of the order-2 Rényi entropy of the kernel covariance operator. The
+    kernel is cosine-normalised, :math:`k(x,y)/\sqrt{k(x,x)k(y,y)}` (a no-op for one
+    Gaussian scale), so :math:`1 \le \mathrm{RKE} \le n`: n identical points give 1, m
+    well-separated clusters with proportions :math:`p` give :math:`1/\sum_c p_c^2` (m when
+    equal). Equals :func:`vendi_score` with ``q=2``.
 
-    .. math:: \mathrm{RRKE}(X\|Y) = \frac{\|K_{XX}/n\|_F \,\|K_{YY}/m\|_F}{\|K_{XY}\|_F^2/(nm)}
-              = \frac{\|\Sigma_X\|_{HS}\|\Sigma_Y\|_{HS}}{\langle\Sigma_X, \Sigma_Y\rangle_{HS}}
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    kernel : None, float or Kernel
+        None: Gaussian kernel with the median-heuristic bandwidth of ``X``; a float: a
+        Gaussian bandwidth :math:`\sigma`; an unfitted Kernel is cloned and fitted on ``X``,
+        a fitted one is used as is.
 
-    with :math:`\Sigma` the kernel covariance operators (kernel :math:`k^2`). By Cauchy–Schwarz it is
-    :math:`\ge 1`, with equality iff the two covariance operators are proportional (e.g. identical samples);
-    it grows as the generated modes and the reference modes stop overlapping.
+    Returns
+    -------
+    float
     """
-    Xn, Yn = _pair(X, Y)
-    k = GaussianKernel(bandwidth="median").fit(Yn) if kernel is None else kernel
-    if not hasattr(k, "n_features_in_"):
-        k = k.fit(Yn)
-    Kxx, Kyy, Kxy = (np.asarray(k.gram(a, b)) for a, b in ((Xn, Xn), (Yn, Yn), (Xn, Yn)))
-    n, m = len(Xn), len(Yn)
-    num = np.sqrt(((Kxx / n) ** 2).sum()) * np.sqrt(((Kyy / m) ** 2).sum())
-    return float(num / ((Kxy**2).sum() / (n * m)))
+    Xt = _check_samples(X, name="X", func="rke")
+    K = _normalised_gram(_resolve_kernel(kernel, Xt, "rke"), Xt, Xt, "rke") / Xt.shape[0]  # (n, n)
+    return float(1.0 / (K * K).sum())
 
 
-# --------------------------------------------------------------------------- mixtures
-def _mahalanobis_to_assigned(X, mixture):
-    lab = np.asarray(mixture.mode_assignment(X))
-    diff = X - mixture.means[lab]
-    prec = np.linalg.inv(mixture.covariances)[lab]  # (n, d, d)
-    return lab, np.sqrt(np.einsum("ni,nij,nj->n", diff, prec, diff))
+def vendi_score(X, kernel=None, q: float = 1.0) -> float:
+    r"""Vendi score of order q (Friedman & Dieng 2023; Pasarkar & Dieng 2024 for q != 1).
+
+    The exponential of the Rényi entropy of the eigenvalues :math:`\lambda_l` of
+    :math:`K/n` (cosine-normalised kernel, so :math:`\sum_l\lambda_l = 1`):
+
+    .. math:: \mathrm{VS}_1 = \exp\Big(-\sum_l \lambda_l\log\lambda_l\Big), \qquad
+              \mathrm{VS}_q = \Big(\sum_l \lambda_l^q\Big)^{1/(1-q)}, \qquad
+              \mathrm{VS}_\infty = 1/\lambda_{\max}.
+
+    ``q=2`` equals :func:`rke`. Non-increasing in q; between 1 and n. An "effective number
+    of distinct samples": m well-separated equal clusters give m for every q.
+    Cost: one :math:`n\times n` symmetric eigendecomposition.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    kernel : None, float or Kernel
+        As in :func:`rke`.
+    q : float > 0 or ``inf``
+
+    Returns
+    -------
+    float
+    """
+    q = float(q)
+    if not q > 0:
+        raise ValueError(f"vendi_score: q must be > 0 (or inf), got {q!r}")
+    Xt = _check_samples(X, name="X", func="vendi_score")
+    K = _normalised_gram(_resolve_kernel(kernel, Xt, "vendi_score"), Xt, Xt, "vendi_score") / Xt.shape[0]
+    lam = torch.linalg.eigvalsh(K).clamp_min(0.0)  # (n,)
+    lam = lam / lam.sum()
+    if math.isinf(q):
+        return float(1.0 / lam.max())
+    if q == 1.0:
+        nz = lam[lam > 0]
+        return float(torch.exp(-(nz * nz.log()).sum()))
+    return float(torch.exp(torch.log((lam[lam > 0] ** q).sum()) / (1.0 - q)))
 
 
-def mode_coverage(X, mixture, threshold_sigma: float = 3.0, min_fraction: float = 0.01) -> dict:
-    """Per-component fraction of samples assigned (posterior argmax) *and* within ``threshold_sigma``
-    Mahalanobis radius; ``frac_near_mode`` (any component); ``modes_covered`` = components holding at least
-    ``min_fraction`` of the samples."""
-    Xn = _np(X, "X", d=mixture.dim)
-    lab, dist = _mahalanobis_to_assigned(Xn, mixture)
-    near = dist <= threshold_sigma
-    per = np.bincount(lab[near], minlength=mixture.n_components) / len(Xn)
-    return {"per_mode_fraction": per.tolist(), "frac_near_mode": float(near.mean()),
-            "modes_covered": int((per >= min_fraction).sum())}
+def rrke(X, Y, kernel=None) -> float:
+    r"""Relative Rényi kernel entropy of order 1/2 between generated ``X`` and references ``Y``.
+
+    The formula implemented (the one of the RKE authors' reference code,
+    ``RKE.compute_rrke``, for Jalali, Li & Farnia, NeurIPS 2023):
+
+    .. math:: \mathrm{RRKE}_{1/2}(X, Y) = -\log \big\|K_{XY}\big\|_*^2, \qquad
+              (K_{XY})_{ij} = \frac{k(x_i, y_j)}{\sqrt{nm}},
+
+    with :math:`\|\cdot\|_*` the nuclear norm (sum of singular values) and a
+    cosine-normalised kernel (:math:`k(x,x) = 1`). Since :math:`\|K_{XY}\|_*` is the
+    fidelity :math:`F = \mathrm{tr}\,|C_X^{1/2} C_Y^{1/2}|` of the empirical kernel covariance
+    operators :math:`C_X = \frac1n\sum_i \phi(x_i)\phi(x_i)^\top` (unit trace), this is the
+    order-1/2 (sandwiched) quantum Rényi divergence :math:`-2\log F(C_X, C_Y)`: symmetric,
+    :math:`\ge 0`, 0 iff :math:`C_X = C_Y` (e.g. ``X`` equal to ``Y``), ``inf`` when no
+    generated sample is kernel-close to any reference. **Lower is better.** For
+    well-separated clusters with proportions :math:`p` (generated) and :math:`q` (references)
+    it equals :math:`-2\log\sum_c\sqrt{p_c q_c}`, the Rényi-1/2 divergence of the cluster
+    histograms.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    Y : array or tensor of shape (m, d)
+    kernel : None, float or Kernel
+        None: Gaussian kernel with the median-heuristic bandwidth of the references ``Y``;
+        a float: a Gaussian bandwidth; an unfitted Kernel is cloned and fitted on ``Y``.
+
+    Returns
+    -------
+    float
+    """
+    Xt, Yt = _check_pair(X, Y, func="rrke")
+    k = _resolve_kernel(kernel, Yt, "rrke")
+    Kxy = _normalised_gram(k, Xt, Yt, "rrke") / math.sqrt(Xt.shape[0] * Yt.shape[0])  # (n, m)
+    fidelity = float(torch.linalg.svdvals(Kxy).sum())
+    if fidelity <= 0.0:
+        return math.inf
+    return max(-2.0 * math.log(fidelity), 0.0)
 
 
-def mode_weight_error(X, mixture, target_weights) -> float:
-    r"""Total variation :math:`\frac12\sum_k |\hat p_k - w_k|` between the empirical mode histogram
-    (posterior argmax assignment) and ``target_weights``."""
-    Xn = _np(X, "X", d=mixture.dim)
-    w = np.asarray(target_weights, float)
-    if w.shape != (mixture.n_components,) or (w < 0).any() or not np.isclose(w.sum(), 1.0):
-        raise ValueError(f"target_weights must be {mixture.n_components} non-negative numbers summing to 1")
-    p = np.bincount(np.asarray(mixture.mode_assignment(Xn)), minlength=mixture.n_components) / len(Xn)
+# --------------------------------------------------------------------------- Gaussian mixtures
+def _assign(X, mixture, func: str, distances: bool = True):
+    """Posterior-argmax labels (n,) and (optionally) the Mahalanobis distance to the assigned component (n,)."""
+    import scipy.linalg
+
+    mixture = _check_mixture(mixture, func)
+    Xt = _check_samples(X, name="X", func=func, n_features=mixture.dim)
+    Xn = _np(Xt)
+    lab = np.asarray(mixture.mode_assignment(Xn))  # (n,)
+    if not distances:
+        return lab, None
+    dist = np.empty(len(Xn))
+    for c in np.unique(lab):
+        idx = lab == c
+        L = np.linalg.cholesky(mixture.covariances[c])  # S_c = L L^T
+        z = scipy.linalg.solve_triangular(L, (Xn[idx] - mixture.means[c]).T, lower=True)  # (d, n_c)
+        dist[idx] = np.sqrt((z * z).sum(0))
+    return lab, dist
+
+
+def mode_coverage(X, mixture, threshold_sigma: float = 3.0, min_fraction=None) -> dict:
+    r"""How the samples populate the components of a Gaussian mixture.
+
+    Each sample is assigned to its most responsible component
+    (:meth:`GaussianMixture.mode_assignment`, posterior argmax) and counts as *near* that
+    mode when its Mahalanobis distance :math:`\sqrt{(x-m_c)^\top S_c^{-1}(x-m_c)}` is at most
+    the radius holding the same Gaussian mass as :math:`\pm` ``threshold_sigma`` in 1-D:
+
+    .. math:: r = \sqrt{\chi^2_{d}{}^{-1}\big(\mathrm{erf}(t/\sqrt2)\big)}
+
+    (:math:`r = t` in 1-D; for t = 3 the ellipsoid holds 99.73% of a component in every
+    dimension, so exact samples of well-separated components give ``frac_near_mode``
+    :math:`\approx 0.9973`).
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    mixture : GaussianMixture
+    threshold_sigma : float > 0
+    min_fraction : None, float or array of shape (K,)
+        A component is *covered* when the fraction of samples assigned to it and near it
+        is at least this. Default: a tenth of its weight, :math:`0.1\,\pi_c` (and at least
+        one sample).
+
+    Returns
+    -------
+    dict
+        ``per_mode_fraction`` (list of K floats: fraction of all samples assigned to and
+        near component c), ``frac_near_mode`` (fraction near their assigned mode),
+        ``modes_covered`` (int), ``n_components``, ``mahalanobis_radius`` (r).
+    """
+    from scipy.special import erf
+    from scipy.stats import chi2
+
+    t = check_positive(threshold_sigma, name="threshold_sigma")
+    lab, dist = _assign(X, mixture, "mode_coverage")
+    K = mixture.n_components
+    radius = float(np.sqrt(chi2.ppf(erf(t / math.sqrt(2.0)), df=mixture.dim)))
+    near = dist <= radius
+    counts = np.bincount(lab[near], minlength=K)
+    per = counts / len(lab)
+    if min_fraction is None:
+        thr = 0.1 * mixture.weights
+    else:
+        thr = np.broadcast_to(np.asarray(min_fraction, float), (K,))
+        if not np.all(np.isfinite(thr)) or (thr < 0).any():
+            raise ValueError(f"mode_coverage: min_fraction must be non-negative and finite, got {min_fraction!r}")
+    covered = (per >= thr) & (counts >= 1)
+    return {
+        "per_mode_fraction": per.tolist(),
+        "frac_near_mode": float(near.mean()),
+        "modes_covered": int(covered.sum()),
+        "n_components": int(K),
+        "mahalanobis_radius": radius,
+    }
+
+
+def mode_weight_error(X, mixture, target_weights=None) -> float:
+    r"""Total-variation distance between the empirical mode histogram and target weights.
+
+    .. math:: \mathrm{TV} = \frac12\sum_{c=1}^K |\hat p_c - w_c|, \qquad
+              \hat p_c = \frac1n\#\{i : \arg\max_{c'} r_{c'}(x_i) = c\},
+
+    with :math:`r` the mixture's posterior responsibilities (every sample is assigned, near
+    a mode or not). In [0, 1]. For n i.i.d. samples of a mixture with well-separated
+    components and ``target_weights`` its weights,
+    :math:`E\,\mathrm{TV} \le \frac12\sum_c\sqrt{w_c(1-w_c)/n}`.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n, d)
+    mixture : GaussianMixture
+        Defines the components (its weights are not used unless ``target_weights`` is None).
+    target_weights : array of shape (K,), optional
+        Non-negative, summing to 1. Default: ``mixture.weights``.
+
+    Returns
+    -------
+    float
+    """
+    mixture = _check_mixture(mixture, "mode_weight_error")
+    K = mixture.n_components
+    w = mixture.weights if target_weights is None else np.asarray(target_weights, dtype=float)
+    if w.shape != (K,) or not np.all(np.isfinite(w)) or (w < 0).any() or not np.isclose(w.sum(), 1.0):
+        raise ValueError(
+            f"mode_weight_error: target_weights must be {K} non-negative numbers summing to 1 "
+            f"(one per component), got {np.asarray(target_weights).tolist()}"
+        )
+    lab, _ = _assign(X, mixture, "mode_weight_error", distances=False)
+    p = np.bincount(lab, minlength=K) / len(lab)
+    logger.debug("mode_weight_error: empirical mode histogram %s", np.round(p, 4).tolist())
     return float(0.5 * np.abs(p - w).sum())
