@@ -58,7 +58,9 @@ def _plot(base, scen, samples, results, out_dir):
         for i, m in enumerate(methods):
             ax = axes[i][j]
             ax.set_xlim(-6, 6), ax.set_ylim(-6, 6), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
-            for mu, S in zip(target.means, target.covariances):
+            for mu, S, wk in zip(target.means, target.covariances, target.weights):
+                if wk <= 0:  # components a re-weighting switched off are not target modes
+                    continue
                 r = 3 * np.sqrt(S[0, 0])
                 ax.plot(mu[0] + r * np.cos(th), mu[1] + r * np.sin(th), color="tab:red", lw=0.8)
             if (name, m) not in samples:
