@@ -1,0 +1,97 @@
+"""The synthetic-benchmark experiments on their fast configurations: they run, write PNG + JSON, and show
+the key claims (with tolerances sized for 2 seeds)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import load
+
+
+def _run(name, tmp_path):
+    data = load(name).run(config="fast", out_dir=tmp_path, random_state=0)
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    on_disk = json.loads((tmp_path / f"{name}.json").read_text())
+    assert on_disk["name"] == name and on_disk["config"] == "fast"
+    return data
+
+
+def _mmd2(res, key, method):
+    return res[key][method]["summary"]["exact_mmd2"][0]
+
+
+def test_bench_scenarios_fast(tmp_path):
+    res = _run("bench_scenarios", tmp_path)["results"]
+    assert set(res) == {"subset", "reweight", "shifted", "variance", "outside"}
+    # MMD guidance cuts the exact MMD^2 to the target by a large factor where the target lies in the base's support
+    assert _mmd2(res, "subset", "none") > 5 * _mmd2(res, "subset", "mmd")
+    assert _mmd2(res, "variance", "none") > 3 * _mmd2(res, "variance", "mmd")
+    for key in res:
+        assert _mmd2(res, key, "mmd") < _mmd2(res, key, "none")
+    # the exact oracle is the best on the re-weighting targets; it only exists for them
+    for key in ("subset", "reweight"):
+        assert _mmd2(res, key, "doob_oracle") < _mmd2(res, key, "mmd")
+    assert "doob_oracle" not in res["shifted"]
+    # mode weights: guidance moves most of the mass onto the target modes of the subset
+    assert res["subset"]["mmd"]["summary"]["frac_near_mode"][0] > 0.9 > res["subset"]["none"]["summary"]["frac_near_mode"][0]
+
+
+def test_bench_scenarios_mlp_fast(tmp_path):
+    res = _run("bench_scenarios_mlp", tmp_path)["results"]
+    for key in ("subset", "reweight"):
+        assert _mmd2(res, key, "mmd") < _mmd2(res, key, "none")
+        assert _mmd2(res, key, "finetune") < _mmd2(res, key, "none")
+
+
+def test_bench_scenarios_hd_fast(tmp_path):
+    res = _run("bench_scenarios_hd", tmp_path)["by_dim"]["8"]["results"]
+    assert _mmd2(res, "subset", "none") > 3 * _mmd2(res, "subset", "mmd")
+    assert _mmd2(res, "reweight", "doob_oracle") < _mmd2(res, "reweight", "none")
+
+
+def test_bench_n_curve_fast(tmp_path):
+    data = _run("bench_n_curve", tmp_path)
+    curve = data["analysis"]["subset"]["mmd"]["mmd2_by_N"]  # N = 10, 50, 250
+    m10, m50, m250 = curve["10"], curve["50"], curve["250"]
+    assert m10 > m250  # more references help ...
+    assert (m10 - m50) > (m50 - m250)  # ... with diminishing returns (the curve flattens)
+    assert data["analysis"]["subset"]["mmd"]["relative_improvement_first_to_last"] > 0.2
+    none = data["levels"]["subset"]["none"]["summary"]["exact_mmd2"][0]
+    assert m250 < none / 5
+
+
+def test_bench_sweeps_fast(tmp_path):
+    data = _run("bench_sweeps", tmp_path)
+    kernels = data["groups"]["kernel"]
+    none_level = 0.15  # unguided exact MMD^2 on the subset scenario is ~0.19 (see test_bench_scenarios_fast)
+    for name, by_key in kernels.items():
+        best = by_key["subset"]["best"]
+        assert best["scale"] in (0.1, 0.2)
+        assert best["summary"]["exact_mmd2"][0] < none_level, name
+    assert "| kernel |" in data["table_md"]
+
+
+def test_bench_sweeps_sampler_fast(tmp_path):
+    data = _run("bench_sweeps_sampler", tmp_path)
+    ev = data["groups"]["evaluate_on"]
+    assert set(ev) == {"x_t (default)", "x̂₀ (Tweedie)", "noised references"}
+    for name, by_key in ev.items():
+        assert np.isfinite(by_key["subset"]["best"]["summary"]["exact_mmd2"][0]), name
+        assert by_key["subset"]["best"]["summary"]["exact_mmd2"][0] < 0.15, name
+
+
+def test_bench_prompt_aware_fast(tmp_path):
+    data = _run("bench_prompt_aware", tmp_path)
+    r = {k: v["summary"] for k, v in data["results"].items()}
+    for p in ("A", "B", "C"):
+        # the product kernel adapts every prompt better than the unconditional kernel, which mixes prompts
+        assert r["product"][p]["exact_mmd2"][0] < 0.6 * r["unconditional"][p]["exact_mmd2"][0], p
+    for p in ("A", "B"):
+        assert r["product"][p]["exact_mmd2"][0] < 0.2 * r["none"][p]["exact_mmd2"][0], p
+        assert r["product"][p]["off_target"][0] < r["unconditional"][p]["off_target"][0], p
+    # the prompt whose references equal its base stays close to it (unconditional guidance disturbs it)
+    assert r["product"]["C"]["exact_mmd2"][0] < 3 * r["none"]["C"]["exact_mmd2"][0]
+    assert r["unconditional"]["C"]["exact_mmd2"][0] > 2 * r["product"]["C"]["exact_mmd2"][0]
+    # k_T = const reduces the product kernel exactly to the unconditional kernel
+    assert data["constant_prompt_kernel_max_abs_diff_to_unconditional"] == pytest.approx(0.0, abs=1e-10)
