@@ -1,0 +1,154 @@
+"""Tiny randomly initialised diffusers pipelines built from configs in code (no files, no hub).
+
+Used by ``tests/test_adapters_diffusers.py``; every module is put in ``eval()`` mode so runs are
+deterministic. Images are 16x16 pixels, latents 4x8x8 (a 2x-downsampling VAE).
+"""
+
+from __future__ import annotations
+
+import torch
+
+RES = 16  # pixels; latents are 4 x RES/2 x RES/2
+
+_WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "car", "tree", "house", "painting", "sky"]
+
+
+def clip_tokenizer():
+    """An in-memory byte-level BPE CLIP tokenizer over a few whole words (no merges file)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for w in _WORDS:
+        vocab[w + "</w>"] = len(vocab)
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges = []
+    for w in _WORDS:  # merge the characters of each word left to right
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(parts) > 1:
+            a, b = parts[0], parts[1]
+            merges.append((a, b))
+            vocab.setdefault(a + b, len(vocab))
+            parts = [a + b] + parts[2:]
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16, pad_token="!")
+    return tok
+
+
+def t5_tokenizer():
+    """An in-memory T5 (unigram) tokenizer over the same few words."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in _WORDS]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _eval(*modules):
+    for m in modules:
+        if m is not None:
+            m.eval()
+
+
+def tiny_vae(scaling_factor=0.5, seed=0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, sample_size=RES, scaling_factor=scaling_factor,
+    ).eval()
+
+
+def _clip_text(dim=16, projection=False, seed=0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=128, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, projection_dim=dim, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def tiny_sd(seed=0, scheduler="ddim"):
+    """StableDiffusionPipeline: UNet (8, 16) channels, CLIP text dim 16, DDIM (or 'ddpm'/'euler'/'unipc')."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=RES // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(seed=seed), text_encoder=_clip_text(seed=seed), tokenizer=clip_tokenizer(), unet=unet,
+        scheduler=make_scheduler(scheduler), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    _eval(pipe.unet, pipe.vae, pipe.text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_scheduler(name):
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           UniPCMultistepScheduler)
+
+    kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return {
+        "ddim": lambda: DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        "ddpm": lambda: DDPMScheduler(**kw, clip_sample=False),
+        "euler": lambda: EulerDiscreteScheduler(**kw, steps_offset=1),
+        "dpm": lambda: DPMSolverMultistepScheduler(**kw),
+        "unipc": lambda: UniPCMultistepScheduler(**kw),
+    }[name]()
+
+
+def tiny_sdxl(seed=0, scheduler="euler"):
+    """StableDiffusionXLPipeline: two CLIP encoders (dims 16 + 16 = 32 cross-attention), text_time embedding."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    time_dim, pooled_dim = 4, 16
+    unet = UNet2DConditionModel(
+        sample_size=RES // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim, transformer_layers_per_block=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(seed=seed), text_encoder=_clip_text(seed=seed), text_encoder_2=_clip_text(projection=True, seed=seed + 1),
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet, scheduler=make_scheduler(scheduler),
+        force_zeros_for_empty_prompt=True,
+    )
+    _eval(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pixart(seed=0, scheduler="dpm"):
+    """PixArtSigmaPipeline: PixArtTransformer2DModel (learned sigma, 8 output channels), tiny T5 encoder."""
+    from diffusers import PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        sample_size=RES // 2, num_layers=1, patch_size=2, attention_head_dim=4, num_attention_heads=2, in_channels=4,
+        out_channels=8, caption_channels=16, cross_attention_dim=8, norm_num_groups=4, norm_type="ada_norm_single",
+        num_embeds_ada_norm=1000, use_additional_conditions=False, interpolation_scale=1,
+    )
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_ff=32, d_kv=4, num_layers=1, num_heads=2,
+                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    pipe = PixArtSigmaPipeline(
+        tokenizer=t5_tokenizer(), text_encoder=t5, vae=tiny_vae(seed=seed), transformer=transformer,
+        scheduler=make_scheduler(scheduler),
+    )
+    _eval(pipe.transformer, pipe.vae, pipe.text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+PIXART_KW = dict(use_resolution_binning=False, clean_caption=False, max_sequence_length=16)

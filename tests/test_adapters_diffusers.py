@@ -1,0 +1,329 @@
+"""The diffusers adapter on tiny randomly initialised SD / SDXL / PixArt-Σ pipelines (offline, CPU)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from mmdguidance import MMD, ConstantKernel, GaussianKernel  # noqa: E402
+from mmdguidance.adapters._encode import encode_images  # noqa: E402
+from mmdguidance.adapters._hooks import noise_level, vp_eps  # noqa: E402
+from mmdguidance.adapters.diffusers import DiffusersMMDGuidance  # noqa: E402
+from mmdguidance.guidance import GuidanceWarning  # noqa: E402
+
+from ._tiny_pipelines import PIXART_KW, RES, make_scheduler, tiny_pixart, tiny_sd, tiny_sdxl, tiny_vae  # noqa: E402
+
+STEPS = 6
+PROMPT = "a photo of cat"
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {"sd": (tiny_sd(), {}), "sdxl": (tiny_sdxl(), {}), "pixart": (tiny_pixart(), PIXART_KW)}
+
+
+def _plain(pipe, kw, n, seed, prompt=PROMPT, **extra):
+    g = torch.Generator().manual_seed(seed)
+    return pipe([prompt] * n, num_inference_steps=STEPS, height=RES, width=RES, generator=g, output_type="latent",
+                **kw, **extra).images
+
+
+def _shifted_refs(pipe, kw, n=16, seed=1):
+    base = _plain(pipe, kw, n, seed)  # unguided latents from other seeds, then shifted
+    return base + base.std()
+
+
+# ----------------------------------------------------------------------------- exactness at scale 0
+@pytest.mark.parametrize("name", ["sd", "sdxl", "pixart"])
+def test_scale_zero_reproduces_plain_pipeline(pipes, name):
+    pipe, kw = pipes[name]
+    refs = _shifted_refs(pipe, kw, n=4)
+    a = DiffusersMMDGuidance(pipe, scale=0.0, window=(0, 1)).fit(reference_latents=refs)
+    out, lat = a.sample(PROMPT, n=3, num_inference_steps=STEPS, generator=0, output_type="latent",
+                        return_latents=True, **kw)
+    plain = _plain(pipe, kw, 3, 0)
+    assert torch.equal(out, plain)
+    assert torch.equal(lat, plain)
+    # decoded images too (pil path of the pipeline, VAE decode untouched)
+    imgs = a.sample(PROMPT, n=2, num_inference_steps=2, generator=5, output_type="np", **kw)
+    ref_imgs = pipe([PROMPT] * 2, num_inference_steps=2, height=RES, width=RES, generator=torch.Generator().manual_seed(5),
+                    output_type="np", **kw).images
+    np.testing.assert_array_equal(imgs, ref_imgs)
+
+
+# ----------------------------------------------------------------------------- guidance works
+@pytest.mark.parametrize("name,evaluate_on", [("sd", "xt"), ("sdxl", "x0"), ("pixart", "xt"), ("pixart", "x0")])
+def test_guidance_lowers_latent_mmd(pipes, name, evaluate_on):
+    pipe, kw = pipes[name]
+    refs = _shifted_refs(pipe, kw)
+    a = DiffusersMMDGuidance(pipe, scale=0.2, window=(0, 1), evaluate_on=evaluate_on).fit(reference_latents=refs)
+    guided = a.sample(PROMPT, n=6, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    unguided = _plain(pipe, kw, 6, 0)
+    m = MMD(kernel=GaussianKernel()).fit(refs.flatten(1))  # the project's estimator, its own median bandwidth
+    g, u = float(m.score(guided.flatten(1))), float(m.score(unguided.flatten(1)))
+    assert torch.isfinite(guided).all()
+    assert g < 0.25 * u, (g, u)
+    steps = a.diagnostics_[0]["steps"]
+    assert len(steps) == STEPS and all(s["applied"] for s in steps)
+    assert steps[-1]["mmd2"] < steps[0]["mmd2"]
+
+
+def test_batch_is_guided_jointly_and_reproducibly(pipes):
+    pipe, kw = pipes["sd"]
+    refs = _shifted_refs(pipe, kw, n=8)
+    a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=refs)
+    x1 = a.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=3, output_type="latent")
+    x2 = a.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=3, output_type="latent")
+    assert torch.equal(x1, x2)
+    # joint guidance: the self (repulsion) term couples samples, so a batch of 4 differs from 4 batches of 1
+    x3 = a.sample(PROMPT, n=4, batch_size=1, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3),
+                  output_type="latent")
+    assert len(a.diagnostics_) == 4
+    assert not torch.allclose(x1, x3)
+    # every sample moved by its own gradient (the authors' batch>1 defect gave all the last sample's gradient)
+    unguided = _plain(pipe, kw, 4, 3)
+    d = (x1 - unguided).flatten(1)
+    assert float(torch.cdist(d, d).max()) > 1e-3
+
+
+def test_hooks_agree(pipes):
+    """callback_on_step_end, the scheduler.step wrapper (and the legacy callback on PixArt) give the same latents."""
+    pipe, kw = pipes["sd"]
+    refs = _shifted_refs(pipe, kw, n=6)
+    outs = []
+    for hook in ("callback_on_step_end", "step"):
+        a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), hook=hook).fit(reference_latents=refs)
+        outs.append(a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent"))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
+    assert "step" not in vars(pipe.scheduler)  # the wrapper was removed
+    pix, pkw = pipes["pixart"]
+    prefs = _shifted_refs(pix, pkw, n=6)
+    p_outs = [DiffusersMMDGuidance(pix, scale=0.3, window=(0, 1), hook=h).fit(reference_latents=prefs).sample(
+        PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent", **pkw) for h in ("callback", "step")]
+    torch.testing.assert_close(p_outs[0], p_outs[1], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="callback_on_step_end"):
+        DiffusersMMDGuidance(pix, hook="callback_on_step_end").fit(reference_latents=prefs).sample(
+            PROMPT, n=1, num_inference_steps=2, **pkw)
+
+
+# ----------------------------------------------------------------------------- Tweedie x0
+@pytest.mark.parametrize("sched,pred", [("ddim", "epsilon"), ("ddim", "v_prediction"), ("euler", "epsilon"),
+                                        ("euler", "v_prediction"), ("ddim", "sample")])
+def test_tweedie_matches_scheduler_pred_original_sample(sched, pred):
+    """x̂0 from the VP coordinates of the post-step point and the step's eps equals the scheduler's own x̂0."""
+    s = make_scheduler(sched)
+    s.register_to_config(prediction_type=pred)
+    s.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 5, generator=g) * float(s.init_noise_sigma)
+    for i, t in enumerate(s.timesteps[:-1]):
+        mo = torch.randn(3, 4, 5, 5, generator=g)
+        out = s.step(mo, t, x)
+        a, sg = noise_level(s, i + 1)
+        r = math.hypot(a, sg)
+        ab = (a / r) ** 2
+        x0 = (out.prev_sample / r - math.sqrt(1 - ab) * vp_eps(s, mo, x, i)) / math.sqrt(ab)
+        torch.testing.assert_close(x0, out.pred_original_sample, rtol=1e-4, atol=1e-4)
+        x = out.prev_sample
+
+
+# ----------------------------------------------------------------------------- prompt-aware
+@pytest.mark.parametrize("name", ["sdxl", "pixart"])
+def test_prompt_kernel_one_equals_unconditional(pipes, name):
+    pipe, kw = pipes[name]
+    refs = _shifted_refs(pipe, kw, n=6)
+    caps = ["red car", "blue sky", "a dog", "a tree", "a house", "a painting"]
+    prompts = ["a photo of cat", "red car", "a dog"]
+    unc = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=refs)
+    pa = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), prompt_kernel=ConstantKernel()).fit(
+        reference_latents=refs, prompts=caps)
+    assert pa.prompt_dim_ > 0
+    x_u = unc.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    x_p = pa.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    torch.testing.assert_close(x_p, x_u, rtol=0, atol=1e-5)
+    # a real prompt kernel changes the result (captions matter)
+    pg = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), prompt_kernel=GaussianKernel(bandwidth=0.1)).fit(
+        reference_latents=refs, prompts=caps)
+    x_g = pg.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    assert not torch.allclose(x_g, x_u, atol=1e-3)
+
+
+def test_default_text_embedders(pipes):
+    from mmdguidance.adapters.diffusers import pipeline_text_embedder
+
+    sdxl, _ = pipes["sdxl"]
+    e = pipeline_text_embedder(sdxl)(["red car", "a dog"])
+    pooled = sdxl.encode_prompt(["red car", "a dog"], device="cpu", do_classifier_free_guidance=False)[2]
+    torch.testing.assert_close(e, pooled.float())
+    pix, _ = pipes["pixart"]
+    e = pipeline_text_embedder(pix)(["red car", "a photo of cat"])
+    emb, mask, _, _ = pix.encode_prompt(["red car", "a photo of cat"], do_classifier_free_guidance=False, device="cpu",
+                                        clean_caption=False)
+    for i in range(2):  # masked mean by hand
+        k = int(mask[i].sum())
+        torch.testing.assert_close(e[i], emb[i, :k].float().mean(0))
+    sd, _ = pipes["sd"]
+    assert pipeline_text_embedder(sd)(["a dog"]).shape == (1, sd.text_encoder.config.hidden_size)
+
+
+# ----------------------------------------------------------------------------- memory bank
+def test_memory_bank_sliding_window(pipes):
+    pipe, kw = pipes["sd"]
+    refs = _shifted_refs(pipe, kw, n=6)
+    a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), memory_size=3).fit(reference_latents=refs)
+    _, lat1 = a.sample(PROMPT, n=2, num_inference_steps=2, generator=0, output_type="latent", return_latents=True)
+    torch.testing.assert_close(a.memory_, lat1.flatten(1))
+    _, lat2 = a.sample(PROMPT, n=2, num_inference_steps=2, generator=1, output_type="latent", return_latents=True,
+                       reset_memory=False)
+    torch.testing.assert_close(a.memory_, torch.cat([lat1, lat2])[-3:].flatten(1))
+    a.clear_memory()
+    assert a.memory_ is None
+
+
+# ----------------------------------------------------------------------------- reference encoding
+def _images(n, size=RES, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_scaling_factor_applied_once():
+    imgs = _images(3)
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    lat = {}
+    for sf in (1.0, 0.25):
+        vae = tiny_vae(scaling_factor=sf)
+        lat[sf], _ = encode_images(vae, imgs, height=RES, width=RES)
+        with torch.no_grad():
+            mean = vae.encode(x).latent_dist.mean
+        torch.testing.assert_close(lat[sf], mean * sf)  # independent: the posterior mean times sf
+    torch.testing.assert_close(lat[0.25], 0.25 * lat[1.0])  # linear in sf: applied once, not squared
+
+
+def test_fit_from_images_folder_with_captions_and_cache(tmp_path, pipes):
+    from PIL import Image
+
+    pipe, kw = pipes["sd"]
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i, a in enumerate(_images(4)):
+        Image.fromarray(a).save(folder / f"im{i}.png")
+        (folder / f"im{i}.txt").write_text(["red car", "a dog", "blue sky", "a tree"][i])
+    cache = tmp_path / "cache"
+    a = DiffusersMMDGuidance(pipe, cache_dir=cache, prompt_kernel=GaussianKernel()).fit(folder)
+    assert a.reference_captions_ == ["red car", "a dog", "blue sky", "a tree"]
+    assert a.reference_latents_.shape == (4, 4, RES // 2, RES // 2)
+    assert len(list(cache.glob("refs-*.pt"))) == 1
+    calls = []
+    orig = pipe.vae.encode
+    pipe.vae.encode = lambda *args, **k: calls.append(1) or orig(*args, **k)
+    try:
+        b = DiffusersMMDGuidance(pipe, cache_dir=cache, prompt_kernel=GaussianKernel()).fit(folder)
+        assert calls == [] and b.cache_key_ == a.cache_key_  # cache hit, no encoding
+        torch.testing.assert_close(b.reference_latents_, a.reference_latents_)
+        # the key changes with a pixel, the resolution (with resize) and the VAE weights
+        Image.fromarray(np.zeros((RES, RES, 3), np.uint8)).save(folder / "im0.png")
+        c = DiffusersMMDGuidance(pipe, cache_dir=cache, prompt_kernel=GaussianKernel()).fit(folder)
+        d = DiffusersMMDGuidance(pipe, cache_dir=cache, height=2 * RES, width=2 * RES, resize_references=True,
+                                 prompt_kernel=GaussianKernel()).fit(folder)
+        assert d.reference_latents_.shape == (4, 4, RES, RES)
+        with torch.no_grad():
+            pipe.vae.decoder.conv_out.bias.add_(0.0)  # unchanged weights: same key
+            e_key = DiffusersMMDGuidance(pipe).fit(folder).cache_key_
+            pipe.vae.encoder.conv_in.bias.add_(1e-3)
+            f_key = DiffusersMMDGuidance(pipe).fit(folder).cache_key_
+            pipe.vae.encoder.conv_in.bias.sub_(1e-3)
+    finally:
+        pipe.vae.encode = orig
+    assert len({a.cache_key_, c.cache_key_, d.cache_key_, f_key}) == 4 and e_key == c.cache_key_
+    assert len(calls) == 4
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input(tmp_path, pipes):
+    pipe, kw = pipes["sd"]
+    with pytest.raises(ValueError, match="generation is 16x16.*resize_references"):
+        DiffusersMMDGuidance(pipe).fit(_images(3, size=12))
+    assert DiffusersMMDGuidance(pipe, resize_references=True).fit(_images(3, size=12)).reference_latents_.shape[0] == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no reference images"):
+        DiffusersMMDGuidance(pipe).fit(empty)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read reference image"):
+        DiffusersMMDGuidance(pipe).fit(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        DiffusersMMDGuidance(pipe).fit(tmp_path / "missing")
+    with pytest.raises(ValueError, match="exactly one"):
+        DiffusersMMDGuidance(pipe).fit()
+    with pytest.raises(ValueError, match=r"reference_latents must have shape \(N, 4, 8, 8\)"):
+        DiffusersMMDGuidance(pipe).fit(reference_latents=torch.zeros(3, 4, 4, 4))
+    refs = torch.randn(4, 4, 8, 8)
+    a = DiffusersMMDGuidance(pipe).fit(reference_latents=refs)
+    with pytest.raises(ValueError, match="got 2 prompts for 3 samples"):
+        a.sample(["a", "b"], n=3, num_inference_steps=2)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        a.sample(PROMPT, n=0)
+    with pytest.raises(ValueError, match="num_images_per_prompt"):
+        a.sample(PROMPT, n=1, num_images_per_prompt=2)
+    pa = DiffusersMMDGuidance(pipe, prompt_kernel=GaussianKernel())
+    with pytest.raises(ValueError, match="one caption per reference"):
+        pa.fit(reference_latents=refs)
+    with pytest.raises(ValueError, match="got 2 reference prompts for 4"):
+        pa.fit(reference_latents=refs, prompts=["a", "b"])
+    with pytest.raises(ValueError, match="unknown hook"):
+        DiffusersMMDGuidance(pipe, hook="nope").fit(reference_latents=refs)
+    with pytest.raises(TypeError, match="unet or transformer"):
+        DiffusersMMDGuidance(object()).fit(reference_latents=refs)
+
+
+def test_unipc_warns_and_clone_keeps_pipeline():
+    from sklearn.base import clone
+
+    pipe = tiny_sd(scheduler="unipc")
+    a = DiffusersMMDGuidance(pipe, scale=0.2, window=(0, 1)).fit(reference_latents=torch.randn(4, 4, 8, 8))
+    with pytest.warns(GuidanceWarning, match="UniPC"):
+        a.sample(PROMPT, n=1, num_inference_steps=2, output_type="latent", generator=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuidanceWarning)
+        DiffusersMMDGuidance(pipe, scale=0.0).fit(reference_latents=torch.randn(4, 4, 8, 8)).sample(
+            PROMPT, n=1, num_inference_steps=2, output_type="latent", generator=0)
+    b = clone(a)
+    assert b.pipeline is pipe and b.get_params()["scale"] == 0.2 and not hasattr(b, "mmd_")
+
+
+# ----------------------------------------------------------------------------- saved pipeline + CLI
+def test_saved_pipeline_reloads_offline_and_runs_through_cli(tmp_path, pipes, monkeypatch):
+    from PIL import Image
+
+    from mmdguidance.cli import main
+
+    pipe, _ = pipes["sd"]
+    pipe.save_pretrained(tmp_path / "pipe")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i, a in enumerate(_images(3)):
+        Image.fromarray(a).save(refs / f"r{i}.png")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    rc = main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--prompt", PROMPT, "--n", "3",
+               "--batch-size", "2", "--steps", "3", "--scale", "0.3", "--seed", "0", "--out", str(out)])
+    assert rc == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 3 and Image.open(pngs[0]).size == (RES, RES)
+    import json
+
+    rep = json.loads((out / "generate.json").read_text())
+    assert rep["n"] == 3 and rep["guided_steps"] > 0 and math.isfinite(rep["latent_mmd2_to_refs"])
+    with pytest.raises(SystemExit):
+        main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--out", str(out)])
+    rc = main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--prompt", "a", "b",
+               "--n", "3", "--out", str(out)])
+    assert rc == 2
