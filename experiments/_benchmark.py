@@ -19,6 +19,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -235,6 +236,13 @@ def target_draws(sc: Scenario, n: int) -> np.ndarray:
     return _TARGET_DRAWS[key]
 
 
+def support_mixture(sc: Scenario) -> GaussianMixture:
+    """Equal-weight mixture of every component of the base and of the target (for the far-sample count)."""
+    base = base_mixture(sc.target.dim)
+    covs = np.concatenate([base.covariances, sc.target.covariances])  # (K_b + K_t, d, d)
+    return GaussianMixture(weights=np.full(len(covs), 1 / len(covs)), means=np.r_[base.means, sc.target.means], covariances=covs)
+
+
 def evaluate(X: np.ndarray, sc: Scenario, refs: np.ndarray | None = None, *, n_eval: int = 500, full: bool = True) -> dict:
     """Metrics of samples ``X`` against the scenario's target.
 
@@ -243,6 +251,8 @@ def evaluate(X: np.ndarray, sc: Scenario, refs: np.ndarray | None = None, *, n_e
     ``mode_weight_tv``: TV between the histogram of target-component assignments and the target weights;
     ``frac_near_mode``/``modes_covered``: :func:`mode_coverage` against the target's components;
     ``w2``/``sliced_w2``: to ``n_eval`` fixed target draws; PRDC (k=5) against the same draws;
+    ``frac_far``: fraction of samples outside the 6σ-equivalent ellipsoid of every base and
+    target component (samples thrown off the support; the bounded-kernel MMD² barely sees a few);
     ``ref_nn_ratio``: median distance of a sample to its nearest reference divided by the same for
     fresh target draws (< 1: samples cling to the references, i.e. memorisation).
     """
@@ -253,6 +263,7 @@ def evaluate(X: np.ndarray, sc: Scenario, refs: np.ndarray | None = None, *, n_e
         "mode_weight_tv": mode_weight_error(X, sc.target),
         "frac_near_mode": cov["frac_near_mode"],
         "modes_covered": cov["modes_covered"],
+        "frac_far": 1.0 - mode_coverage(X, support_mixture(sc), threshold_sigma=6.0)["frac_near_mode"],
     }
     if dim == 2:
         out["exact_mmd2_fine"] = exact_mmd2_to_mixture(X, sc.target, STD)
@@ -313,7 +324,7 @@ def scenario_table(*, kind: str, dim: int, methods, N: int, n: int, seeds: int, 
 
 
 TABLE_METRICS = (("exact_mmd2", "MMD²"), ("mode_weight_tv", "mode TV"), ("frac_near_mode", "near mode"),
-                 ("recall", "recall"), ("w2", "W₂"))
+                 ("recall", "recall"), ("w2", "W₂"), ("frac_far", "far (>6σ)"))
 
 
 def markdown_table(results: dict, titles: dict, methods, metrics=TABLE_METRICS) -> str:
@@ -453,3 +464,33 @@ def sweep_groups(groups: dict, default_names, *, scales, default_scales=None, gr
     raw = sweep_options(options, scales=per_option, **kw)
     by_group = {g: {name: raw["default" if name in default_names else f"{g}: {name}"] for name in opts} for g, opts in groups.items()}
     return raw, by_group
+
+
+# --------------------------------------------------------------------------- docs
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmark.md"
+FIGURES = Path(__file__).resolve().parents[1] / "paper_figures"
+
+
+def sync_doc_tables(out_dir, name: str, tables: dict, doc=None) -> bool:
+    """Replace the generated blocks of ``docs/benchmark.md`` with fresh tables.
+
+    A block is the text between ``<!-- BEGIN name:key -->`` and ``<!-- END name:key -->``; ``tables``
+    maps ``key`` to its markdown. Only runs that write the committed figures (``out_dir`` is the
+    repository's ``paper_figures/``) touch the document, unless ``doc`` is given explicitly (tests).
+    Blocks absent from the document are skipped. Returns whether the document was rewritten.
+    """
+    if doc is None:
+        if Path(out_dir).resolve() != FIGURES or not DOC.exists():
+            return False
+        doc = DOC
+    doc = Path(doc)
+    text = old = doc.read_text()
+    for key, md in tables.items():
+        begin, end = f"<!-- BEGIN {name}:{key} -->", f"<!-- END {name}:{key} -->"
+        i, j = text.find(begin), text.find(end)
+        if i < 0 or j < i:
+            continue
+        text = text[: i + len(begin)] + "\n" + md.strip("\n") + "\n" + text[j:]
+    if text != old:
+        doc.write_text(text)
+    return text != old

@@ -31,7 +31,7 @@ from mmdguidance.guidance import MMDGuidedSampler
 from mmdguidance.kernels import ConstantKernel, GaussianKernel
 from mmdguidance.metrics import exact_mmd2_to_mixture, mode_weight_error
 
-from ._benchmark import fmt, quiet
+from ._benchmark import fmt, quiet, sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_prompt_aware"
@@ -149,6 +149,7 @@ def run(config="full", out_dir="paper_figures", random_state=0) -> dict:
             "results": results, "constant_prompt_kernel_max_abs_diff_to_unconditional": reduction_gap,
             "table_md": table(results, cfg)}
     save_json(data, out_dir, NAME)
+    sync_doc_tables(out_dir, NAME, {"table": data["table_md"]})
     _plot(data, cfg, plot_samples, bases, tw, out_dir)
     return data
 

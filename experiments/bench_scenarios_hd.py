@@ -9,7 +9,7 @@ kernel of bandwidth max(1, 0.35 sqrt(d)) (1 at d = 8, 1.98 at d = 32).
 
 from __future__ import annotations
 
-from ._benchmark import METHOD_LABELS, markdown_table, metric_bandwidth, plot_bars, scenario_table, scenarios
+from ._benchmark import METHOD_LABELS, markdown_table, metric_bandwidth, plot_bars, scenario_table, scenarios, sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_scenarios_hd"
@@ -35,6 +35,7 @@ def run(config="full", out_dir="paper_figures", random_state=0) -> dict:
     data = {"name": NAME, "config": config, "settings": {**cfg, "base": "analytic GMMDenoiser", "sampler": "ddpm, 50 steps"},
             "random_state": random_state, "by_dim": out}
     save_json(data, out_dir, NAME)
+    sync_doc_tables(out_dir, NAME, {f"d{d}": v["table_md"] for d, v in out.items()})
     _plot(data, cfg, out_dir)
     return data
 

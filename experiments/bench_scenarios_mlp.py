@@ -10,7 +10,7 @@ Sampler: ancestral DDPM, 50 steps, same initial noise for every method.
 
 from __future__ import annotations
 
-from ._benchmark import markdown_table, plot_bars, plot_scatter_grid, scenario_table, scenarios
+from ._benchmark import markdown_table, plot_bars, plot_scatter_grid, scenario_table, scenarios, sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_scenarios_mlp"
@@ -35,6 +35,7 @@ def run(config="full", out_dir="paper_figures", random_state=0) -> dict:
         "table_md": markdown_table(results, titles, cfg["methods"]),
     }
     save_json(data, out_dir, NAME)
+    sync_doc_tables(out_dir, NAME, {"table": data["table_md"]})
     _plot(scen, keys, samples, results, cfg["methods"], out_dir)
     return data
 

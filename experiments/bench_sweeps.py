@@ -14,7 +14,7 @@ import numpy as np
 
 from mmdguidance.kernels import GaussianKernel, IMQKernel, PolynomialKernel
 
-from ._benchmark import fmt, scenarios, sweep_groups
+from ._benchmark import fmt, scenarios, sweep_groups, sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_sweeps"
@@ -62,6 +62,7 @@ def run(config="full", out_dir="paper_figures", random_state=0) -> dict:
             "scenarios": {k: scen[k].title for k in cfg["keys"]}, "scale_curve": raw["default"], "groups": groups,
             "table_md": table(groups, cfg)}
     save_json(data, out_dir, NAME)
+    sync_doc_tables(out_dir, NAME, {"table": data["table_md"]})
     _plot(data, cfg, out_dir)
     return data
 

@@ -95,3 +95,16 @@ def test_bench_prompt_aware_fast(tmp_path):
     assert r["unconditional"]["C"]["exact_mmd2"][0] > 2 * r["product"]["C"]["exact_mmd2"][0]
     # k_T = const reduces the product kernel exactly to the unconditional kernel
     assert data["constant_prompt_kernel_max_abs_diff_to_unconditional"] == pytest.approx(0.0, abs=1e-10)
+
+
+def test_sync_doc_tables_replaces_only_marked_blocks(tmp_path):
+    from experiments._benchmark import sync_doc_tables
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- BEGIN x:table -->\nold\n<!-- END x:table -->\nmiddle\n<!-- BEGIN y:table -->\nkeep\n<!-- END y:table -->\n")
+    assert sync_doc_tables(tmp_path, "x", {"table": "| a |\n|---|", "absent": "z"}, doc=doc)
+    assert doc.read_text() == ("intro\n<!-- BEGIN x:table -->\n| a |\n|---|\n<!-- END x:table -->\nmiddle\n"
+                               "<!-- BEGIN y:table -->\nkeep\n<!-- END y:table -->\n")
+    assert not sync_doc_tables(tmp_path, "x", {"table": "| a |\n|---|"}, doc=doc)  # unchanged: no rewrite
+    # runs writing elsewhere than the repository's paper_figures never touch docs/benchmark.md
+    assert not sync_doc_tables(tmp_path, "x", {"table": "t"})
