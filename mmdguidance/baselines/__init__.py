@@ -6,7 +6,8 @@
   references by gradient-penalised regression on a classifier density ratio;
 * :class:`ClassifierGuidedDenoiser` — classifier guidance with a noise-conditioned domain
   classifier (:class:`NoisyDomainClassifier`, references vs base samples);
-* :func:`finetune` — continue training an :class:`~mmdguidance.diffusion.MLPDenoiser` on the references.
+* :func:`finetune` — continue training an :class:`~mmdguidance.diffusion.MLPDenoiser` on the references;
+* :func:`mmd_ddm` — MMD-DDM: fine-tune a denoiser for few-step DDIM with an MMD loss through the sampler.
 
 The guided baselines are Denoiser wrappers (``schedule``, ``dim``, ``predict_eps``), so
 :func:`mmdguidance.diffusion.sample` runs them with any sampler.
@@ -16,6 +17,7 @@ from ._guided import GuidedDenoiser, draw_base_samples
 from .classifier import ClassifierGuidedDenoiser, NoisyDomainClassifier
 from .doob import DoobMatchingDenoiser, DoobOracleDenoiser
 from .finetune import finetune
+from .mmd_ddm import ddim_sample, mmd_ddm
 
 __all__ = [
     "GuidedDenoiser",
@@ -25,4 +27,6 @@ __all__ = [
     "NoisyDomainClassifier",
     "ClassifierGuidedDenoiser",
     "finetune",
+    "ddim_sample",
+    "mmd_ddm",
 ]
