@@ -57,6 +57,23 @@ def test_scale_zero_reproduces_plain_pipeline(pipes, name):
     np.testing.assert_array_equal(imgs, ref_imgs)
 
 
+def test_precomputed_prompt_embeddings_are_sliced_per_batch(pipes):
+    """prompt_embeds / negative embeddings / masks of n rows go to the right batches (PixArt, CFG on)."""
+    pipe, kw = pipes["pixart"]
+    emb, mask, nemb, nmask = pipe.encode_prompt(["red car", "a dog", "blue sky"], device="cpu", clean_caption=False,
+                                                max_sequence_length=16)
+    e = dict(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt_embeds=nemb,
+             negative_prompt_attention_mask=nmask)
+    a = DiffusersMMDGuidance(pipe, scale=0.0).fit(reference_latents=torch.randn(4, 4, 8, 8))
+    out = a.sample(None, n=3, batch_size=2, num_inference_steps=STEPS, generator=0, output_type="latent", **e, **kw)
+    g = torch.Generator().manual_seed(0)
+    parts = [pipe(num_inference_steps=STEPS, height=RES, width=RES, generator=g, output_type="latent", negative_prompt=None,
+                  **{k: v[s:s + 2] for k, v in e.items()}, **kw).images for s in (0, 2)]
+    assert torch.equal(out, torch.cat(parts))
+    with pytest.raises(ValueError, match="prompt_embeds has 3 rows for n=2"):
+        a.sample(None, n=2, **e, **kw)
+
+
 # ----------------------------------------------------------------------------- guidance works
 @pytest.mark.parametrize("name,evaluate_on", [("sd", "xt"), ("sdxl", "x0"), ("pixart", "xt"), ("pixart", "x0")])
 def test_guidance_lowers_latent_mmd(pipes, name, evaluate_on):

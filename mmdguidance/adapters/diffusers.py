@@ -514,6 +514,8 @@ class DiffusersMMDGuidance(BaseEstimator):
                 kw["prompt"] = prompts[s:e]
             if negs is not None:
                 kw["negative_prompt"] = negs[s:e]
+            elif "negative_prompt_embeds" in per_sample:
+                kw["negative_prompt"] = None  # PixArt's default "" conflicts with negative embeddings
             if guidance_scale is not None:
                 kw["guidance_scale"] = guidance_scale
             cb = None if C is None else C[s:e]
