@@ -19,6 +19,7 @@ guided / unguided time. Peak memory is ``torch.cuda.max_memory_allocated`` per v
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -130,6 +131,29 @@ def _finite_dtype(pipe, kw, res, dtype):
     return torch.bfloat16
 
 
+def _guidance_step_cost(adapter, B, device, cuda, repeats=20):
+    """One MMDGuidance update on (B, D) float32 latents alone: median ms and extra memory over what was allocated."""
+    from mmdguidance.guidance import MMDGuidance
+
+    g = MMDGuidance(mmd=adapter.mmd_, scale=0.2, window=(0.0, 1.0), record=False)
+    x = torch.randn(B, adapter.n_features_in_, generator=torch.Generator().manual_seed(2)).to(device)
+    g(x, step=0, num_steps=50, alpha_bar=0.5)  # warm-up
+    _sync(device)
+    base = torch.cuda.memory_allocated() if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    ts = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        g(x, step=0, num_steps=50, alpha_bar=0.5)
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    extra = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    return {"B": B, "D": adapter.n_features_in_, "N": int(adapter.mmd_.reference_.shape[0]),
+            "median_ms": 1e3 * statistics.median(ts), "extra_peak_mib": extra}
+
+
 def run(size="tiny", device=None, models=("sdxl", "pixart"), out_dir=None):
     from mmdguidance.adapters.diffusers import DiffusersMMDGuidance
 
@@ -182,6 +206,7 @@ def run(size="tiny", device=None, models=("sdxl", "pixart"), out_dir=None):
             return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
 
         peaks = {"unguided": peak(lambda: unguided(0))}  # also the warm-up
+        a = None
         for k, a in adapters.items():
             peaks[k] = peak(lambda a=a: guided(a, 0))
         times = {k: [] for k in ["unguided", *adapters]}
@@ -201,18 +226,22 @@ def run(size="tiny", device=None, models=("sdxl", "pixart"), out_dir=None):
                 "variant": k, "ratio_median": statistics.median(ratios), "ratios": ratios,
                 "guided_s_median": statistics.median(times[k]), "peak_gib": peaks[k],
                 "guided_steps": sum(s["applied"] for s in d),
-                "mmd2_first_last": [s.get("mmd2") for s in d if s["applied"]][:: max(len(d) - 1, 1)],
+                "overhead_ms_per_guided_step": 1e3 * (statistics.median(times[k]) - statistics.median(times["unguided"]))
+                / max(sum(s["applied"] for s in d), 1),
+                "mmd2_first_last": [m[i] for m in [[s.get("mmd2") for s in d if s["applied"]]] for i in (0, -1)],
             })
+        step_only = _guidance_step_cost(adapters["every step, no diagnostics"], B, device, cuda)
         results["models"][kind] = {
             "denoiser": type(den).__name__, "params": n_params, "latent_shape": list(shape), "hook": adapters[
                 next(iter(adapters))].diagnostics_[0]["mode"],
             "unguided_s_median": statistics.median(times["unguided"]), "unguided_peak_gib": peaks["unguided"],
-            "variants": rows, "outputs_finite": finite, "dtype": str(used_dtype),
+            "variants": rows, "outputs_finite": finite, "dtype": str(used_dtype), "guidance_step_only": step_only,
         }
         if out_dir is not None:  # after each model, so a cut-off run keeps what it measured
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / f"bench_diffusers_{size}.json").write_text(json.dumps(results, indent=2))
-        del pipe, adapters, den
+        del pipe, adapters, den, a, kw, unguided, guided  # nothing of this model may stay allocated for the next
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
     return results
@@ -229,6 +258,10 @@ def main(argv=None):
     res = run(size, models=tuple(a.models), out_dir=a.out)
     print(f"### diffusers adapter: guided / unguided wall time ({res['device']}, {res['dtype']}, {size}: "
           f"{res['resolution']}² batch {res['batch']}, {res['steps']} steps, {res['n_refs']} refs)\n")
+    for kind, m in res["models"].items():
+        so = m["guidance_step_only"]
+        print(f"{kind}: one guidance update alone (B={so['B']}, N={so['N']}, D={so['D']}): {so['median_ms']:.2f} ms, "
+              f"extra peak memory {so['extra_peak_mib']} MiB; unguided run {m['unguided_s_median']:.2f} s\n")
     print("| model | params | hook | variant | ratio guided / unguided (median) | peak GiB guided | peak GiB unguided |")
     print("|---|---|---|---|---|---|---|")
     for kind, m in res["models"].items():

@@ -344,3 +344,16 @@ def test_saved_pipeline_reloads_offline_and_runs_through_cli(tmp_path, pipes, mo
     rc = main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--prompt", "a", "b",
                "--n", "3", "--out", str(out)])
     assert rc == 2
+
+
+def test_benchmark_runs_tiny_on_cpu():
+    """benchmarks/bench_diffusers.py runs its code path at tiny sizes on CPU (the GPU numbers are in docs/diffusers.md)."""
+    from benchmarks.bench_diffusers import run
+
+    res = run("tiny", device="cpu")
+    assert set(res["models"]) == {"sdxl", "pixart"}
+    assert res["models"]["sdxl"]["hook"] == "callback_on_step_end" and res["models"]["pixart"]["hook"] == "callback"
+    for m in res["models"].values():
+        assert m["outputs_finite"] and len(m["variants"]) == 3
+        for v in m["variants"]:
+            assert v["ratio_median"] > 0 and v["guided_steps"] > 0
