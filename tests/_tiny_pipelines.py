@@ -152,3 +152,23 @@ def tiny_pixart(seed=0, scheduler="dpm"):
 
 
 PIXART_KW = dict(use_resolution_binning=False, clean_caption=False, max_sequence_length=16)
+
+
+def tiny_sd3(seed=0):
+    """StableDiffusion3Pipeline (flow matching) without text encoders; returns (pipe, call kwargs of embeddings for 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tr = SD3Transformer2DModel(sample_size=RES // 2, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=4,
+                               num_attention_heads=2, joint_attention_dim=8, caption_projection_dim=8,
+                               pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16)
+    pipe = StableDiffusion3Pipeline(transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(seed=seed),
+                                    text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                    text_encoder_3=None, tokenizer_3=None)
+    _eval(pipe.transformer, pipe.vae)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    pe, pp = torch.randn(3, 5, 8, generator=g), torch.randn(3, 8, generator=g)
+    kw = dict(prompt_embeds=pe, pooled_prompt_embeds=pp, negative_prompt_embeds=torch.zeros_like(pe),
+              negative_pooled_prompt_embeds=torch.zeros_like(pp))
+    return pipe, kw

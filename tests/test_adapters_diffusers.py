@@ -17,7 +17,7 @@ from mmdguidance.adapters._hooks import noise_level, vp_eps  # noqa: E402
 from mmdguidance.adapters.diffusers import DiffusersMMDGuidance  # noqa: E402
 from mmdguidance.guidance import GuidanceWarning  # noqa: E402
 
-from ._tiny_pipelines import PIXART_KW, RES, make_scheduler, tiny_pixart, tiny_sd, tiny_sdxl, tiny_vae  # noqa: E402
+from ._tiny_pipelines import PIXART_KW, RES, make_scheduler, tiny_pixart, tiny_sd, tiny_sd3, tiny_sdxl, tiny_vae  # noqa: E402
 
 STEPS = 6
 PROMPT = "a photo of cat"
@@ -127,6 +127,46 @@ def test_hooks_agree(pipes):
     with pytest.raises(ValueError, match="callback_on_step_end"):
         DiffusersMMDGuidance(pix, hook="callback_on_step_end").fit(reference_latents=prefs).sample(
             PROMPT, n=1, num_inference_steps=2, **pkw)
+
+
+def test_sd3_flow_matching(pipes):
+    """SD3 (flow matching, callback_on_step_end, precomputed embeddings): exact at scale 0, lowers MMD² with x0."""
+    pipe, e = tiny_sd3()
+    g = torch.Generator().manual_seed(1)
+    base = torch.cat([pipe(**e, num_inference_steps=STEPS, height=RES, width=RES, generator=g,
+                           output_type="latent").images for _ in range(4)])
+    refs = base + base.std()
+    plain = pipe(**e, num_inference_steps=STEPS, height=RES, width=RES, generator=torch.Generator().manual_seed(0),
+                 output_type="latent").images
+    m = MMD(kernel=GaussianKernel()).fit(refs.flatten(1))
+    for scale in (0.0, 0.2):
+        a = DiffusersMMDGuidance(pipe, scale=scale, window=(0, 1), evaluate_on="x0").fit(reference_latents=refs)
+        x = a.sample(None, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **e)
+        if scale == 0:
+            assert torch.equal(x, plain)
+        else:
+            assert float(m.score(x.flatten(1))) < 0.25 * float(m.score(plain.flatten(1)))
+    assert a.diagnostics_[0]["mode"] == "callback_on_step_end"
+
+
+def test_tweedie_flow_matching():
+    """Flow matching x = (1-σ) x0 + σ ε, velocity v = ε - x0: the VP-coordinate Tweedie equals x - σ v."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    s = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    s.set_timesteps(8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 3, generator=g)
+    for i, t in enumerate(s.timesteps[:-1]):
+        v = torch.randn(2, 4, 3, 3, generator=g)
+        sigma = float(s.sigmas[i])
+        nxt = s.step(v, t, x).prev_sample
+        a, sg = noise_level(s, i + 1)
+        r = math.hypot(a, sg)
+        ab = (a / r) ** 2
+        x0 = (nxt / r - math.sqrt(1 - ab) * vp_eps(s, v, x, i)) / math.sqrt(ab)
+        torch.testing.assert_close(x0, x - sigma * v, rtol=1e-4, atol=1e-4)
+        x = nxt
 
 
 # ----------------------------------------------------------------------------- Tweedie x0

@@ -1,4 +1,4 @@
-r"""MMD guidance for diffusers latent-diffusion pipelines (SD, SDXL, PixArt-Σ; SD3/Flux through the same hook).
+r"""MMD guidance for diffusers latent-diffusion pipelines (SD, SDXL, PixArt-Σ, SD3; not Flux's packed latents).
 
 ``DiffusersMMDGuidance(pipe).fit(reference_images=folder).sample("a photo of a dog", n=8)``
 
@@ -57,7 +57,7 @@ def pipeline_text_embedder(pipeline):
     averaged over the attention mask; a single CLIP encoder (SD): ``text_embeds`` / ``pooler_output``.
     Raises ``ValueError`` if the pipeline has no tokenizer or text encoder (pass ``text_embedder=``).
     """
-    device = pipeline.device
+    device = getattr(pipeline, "_execution_device", None) or pipeline.device
     if getattr(pipeline, "text_encoder_2", None) is not None and getattr(pipeline, "tokenizer_2", None) is not None:
         def sdxl(prompts):
             with torch.no_grad():
@@ -229,8 +229,15 @@ class DiffusersMMDGuidance(BaseEstimator):
     def prompt_aware(self) -> bool:
         return self.prompt_kernel is not None or isinstance(self.kernel, ProductKernel)
 
+    def _device(self):
+        """Where the pipeline runs its denoiser (differs from ``pipeline.device`` under CPU offload)."""
+        return getattr(self.pipeline, "_execution_device", None) or self.pipeline.device
+
     def _denoiser(self):
         p = self.pipeline
+        if type(p).__name__.startswith("Flux"):
+            raise TypeError("Flux pipelines pack their latents into patches; the adapter supports unpacked latents "
+                            "(SD, SDXL, SD3, PixArt) only")
         den = getattr(p, "unet", None) or getattr(p, "transformer", None)
         if den is None or getattr(p, "scheduler", None) is None:
             raise TypeError(
@@ -288,7 +295,7 @@ class DiffusersMMDGuidance(BaseEstimator):
     # ------------------------------------------------------------------ prompt features
     def _prompt_features(self, prompts, n: int, what: str) -> torch.Tensor:
         """(n, Dc) float32 on the pipeline's device from strings or an array."""
-        device = self.pipeline.device
+        device = self._device()
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
             texts = _check_prompt_list(prompts, n, what)
             embed = self.text_embedder or pipeline_text_embedder(self.pipeline)
@@ -329,7 +336,7 @@ class DiffusersMMDGuidance(BaseEstimator):
         if (reference_images is None) == (reference_latents is None):
             raise ValueError("pass exactly one of reference_images or reference_latents")
         shape = self._latent_shape()
-        device = self.pipeline.device
+        device = self._device()
         captions = None
         if reference_images is not None:
             arrays, caps = load_images(reference_images)
@@ -374,8 +381,9 @@ class DiffusersMMDGuidance(BaseEstimator):
             self.prompt_dim_ = 0
         self.mmd_ = MMD(kernel=kernel, estimator=self.estimator).fit(feats, weights=weights)
         self.reference_latents_ = lat
-        self.reference_captions_ = captions if prompts is None else (
-            _check_prompt_list(prompts, N, "reference prompts") if isinstance(prompts, (str, list, tuple)) else None)
+        if isinstance(prompts, (str, list, tuple)):
+            captions = _check_prompt_list(prompts, N, "reference prompts")
+        self.reference_captions_ = captions
         self.latent_shape_ = shape
         self.n_features_in_ = D
         self.cache_key_ = key
@@ -493,7 +501,7 @@ class DiffusersMMDGuidance(BaseEstimator):
                 GuidanceWarning, stacklevel=2,
             )
         gen = check_random_state_torch(self.random_state if generator is None else generator, device="cpu")
-        device = self.pipeline.device
+        device = self._device()
         dev_gen = None
         if self.evaluate_on == "noised_refs":
             dev_gen = torch.Generator(device=device).manual_seed(int(gen.initial_seed()) + 1)
