@@ -149,6 +149,20 @@ def test_sd3_flow_matching(pipes):
     assert a.diagnostics_[0]["mode"] == "callback_on_step_end"
 
 
+@pytest.mark.parametrize("karras", [False, True])
+def test_noise_level_matches_dpm_solver(karras):
+    """(a, s) of the latents equal DPM-Solver's own (alpha_t, sigma_t) at each step, Karras sigmas included."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    s = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    use_karras_sigmas=karras)
+    s.set_timesteps(10)
+    for i in range(10):
+        alpha_t, sigma_t = s._sigma_to_alpha_sigma_t(s.sigmas[i])
+        np.testing.assert_allclose(noise_level(s, i), (float(alpha_t), float(sigma_t)), rtol=1e-5)
+    assert noise_level(s, 10) == (1.0, 0.0)
+
+
 def test_tweedie_flow_matching():
     """Flow matching x = (1-σ) x0 + σ ε, velocity v = ε - x0: the VP-coordinate Tweedie equals x - σ v."""
     from diffusers import FlowMatchEulerDiscreteScheduler

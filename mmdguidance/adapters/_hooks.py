@@ -3,7 +3,9 @@ r"""Noise levels of diffusers schedulers and the per-call guidance hook.
 Every supported scheduler writes its latents as :math:`x = a\,x_0 + s\,\epsilon`:
 
 * variance preserving (DDPM, DDIM, DPM-Solver, PNDM, UniPC, ...): :math:`a = \sqrt{\bar\alpha_t}`,
-  :math:`s = \sqrt{1-\bar\alpha_t}` from ``scheduler.alphas_cumprod``;
+  :math:`s = \sqrt{1-\bar\alpha_t}` from ``scheduler.alphas_cumprod`` at the timestep, or, where the scheduler
+  keeps per-step ``sigmas`` (DPM-Solver, UniPC: :math:`\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}`),
+  :math:`\bar\alpha = 1/(1+\sigma^2)` from them (exact with Karras sigmas);
 * variance exploding / Karras (Euler, Euler ancestral, ``init_noise_sigma > 1``): :math:`a = 1, s = \sigma`;
 * flow matching (SD3, Flux): :math:`a = 1-\sigma, s = \sigma`.
 
@@ -44,8 +46,11 @@ def noise_level(scheduler, index: int) -> tuple[float, float]:
     if index >= n:
         return 1.0, 0.0
     if fam == "vp":
-        t = int(scheduler.timesteps[index])
-        ab = float(scheduler.alphas_cumprod[t])
+        sig = getattr(scheduler, "sigmas", None)
+        if sig is not None and len(sig) == n + 1:  # DPM-Solver / UniPC: VE sigmas of the VP latents, exact under Karras
+            ab = 1.0 / (1.0 + float(sig[index]) ** 2)
+        else:
+            ab = float(scheduler.alphas_cumprod[int(scheduler.timesteps[index])])
         return math.sqrt(ab), math.sqrt(1.0 - ab)
     sig = float(scheduler.sigmas[index])
     return (1.0 - sig, sig) if fam == "flow" else (1.0, sig)
