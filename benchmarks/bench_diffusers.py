@@ -113,11 +113,6 @@ def build(kind, size, device, dtype):
     return pipe, kw, n_params
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _finite_dtype(pipe, kw, res, dtype):
     """float16 unless the random-weight denoiser overflows in it (then bfloat16); returns the dtype used."""
     out = pipe(num_inference_steps=2, height=res, width=res, generator=torch.Generator().manual_seed(0),
@@ -154,96 +149,107 @@ def _guidance_step_cost(adapter, B, device, cuda, repeats=20):
             "median_ms": 1e3 * statistics.median(ts), "extra_peak_mib": extra}
 
 
-def run(size="tiny", device=None, models=("sdxl", "pixart"), out_dir=None):
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _bench_model(kind, size, device, dtype):
+    """Timings and peaks of one model; everything it allocates is released when it returns."""
     from mmdguidance.adapters.diffusers import DiffusersMMDGuidance
+
+    cuda = torch.device(device).type == "cuda"
+    cfg = SIZES[size]
+    B, res, steps = cfg["batch"], cfg["res"], cfg["steps"]
+    pipe, kw, n_params = build(kind, size, device, dtype)
+    used_dtype = _finite_dtype(pipe, kw, res, dtype)
+    den = getattr(pipe, "unet", None) or pipe.transformer
+    C, f = den.config.in_channels, pipe.vae_scale_factor
+    shape = (C, res // f, res // f)
+    refs = torch.randn(cfg["n_refs"], *shape, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.3
+    variants = {
+        "default (window 0-0.8, diagnostics)": dict(),
+        "every step, x0, memory 16": dict(window=(0.0, 1.0), evaluate_on="x0", memory_size=16),
+        "every step, no diagnostics": dict(window=(0.0, 1.0), diagnostics=False),
+    }
+    adapters = {k: DiffusersMMDGuidance(pipe, height=res, width=res, **v).fit(reference_latents=refs.to(device))
+                for k, v in variants.items()}
+
+    def unguided(seed):
+        return pipe(num_inference_steps=steps, height=res, width=res, generator=torch.Generator().manual_seed(seed),
+                    output_type="latent", **kw).images
+
+    def guided(a, seed):
+        return a.sample(None, n=B, num_inference_steps=steps, generator=seed, output_type="latent",
+                        reset_memory=False, **kw)
+
+    def timed(fn):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        return time.perf_counter() - t0, out
+
+    def peak(fn):
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        fn()
+        return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+    peaks = {"unguided": peak(lambda: unguided(0))}  # also the warm-up
+    for k, a in adapters.items():
+        peaks[k] = peak(lambda a=a: guided(a, 0))
+    times = {k: [] for k in ["unguided", *adapters]}
+    finite = True
+    for r in range(cfg["repeats"]):
+        t, _ = timed(lambda: unguided(r + 1))
+        times["unguided"].append(t)
+        for k, a in adapters.items():
+            t, out = timed(lambda a=a: guided(a, r + 1))
+            times[k].append(t)
+            finite &= bool(torch.isfinite(out).all())
+    t_u = statistics.median(times["unguided"])
+    rows = []
+    for k, a in adapters.items():
+        ratios = [g / u for g, u in zip(times[k], times["unguided"])]
+        d = a.diagnostics_[0]["steps"]
+        n_guided = sum(s["applied"] for s in d)
+        mmd2 = [s.get("mmd2") for s in d if s["applied"]]
+        rows.append({
+            "variant": k, "ratio_median": statistics.median(ratios), "ratios": ratios,
+            "guided_s_median": statistics.median(times[k]), "peak_gib": peaks[k], "guided_steps": n_guided,
+            "overhead_ms_per_guided_step": 1e3 * (statistics.median(times[k]) - t_u) / max(n_guided, 1),
+            "mmd2_first_last": [mmd2[0], mmd2[-1]] if mmd2 else None,
+        })
+    return {
+        "denoiser": type(den).__name__, "params": n_params, "latent_shape": list(shape),
+        "hook": adapters[next(iter(adapters))].diagnostics_[0]["mode"], "unguided_s_median": t_u,
+        "unguided_peak_gib": peaks["unguided"], "variants": rows, "outputs_finite": finite, "dtype": str(used_dtype),
+        "guidance_step_only": _guidance_step_cost(adapters["every step, no diagnostics"], B, device, cuda),
+    }
+
+
+def run(size="tiny", device=None, models=("sdxl", "pixart"), out_dir=None):
+    """Benchmark each model in turn (its memory is released before the next); returns the results dict."""
+    import diffusers
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = torch.device(device).type == "cuda"
     dtype = torch.float16 if cuda else torch.float32
     cfg = SIZES[size]
-    B, res, steps = cfg["batch"], cfg["res"], cfg["steps"]
     results = {"size": size, "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype),
-               "torch": torch.__version__, "batch": B, "resolution": res, "steps": steps, "n_refs": cfg["n_refs"],
-               "repeats": cfg["repeats"], "models": {}}
-    import diffusers
-
-    results["diffusers"] = diffusers.__version__
+               "torch": torch.__version__, "diffusers": diffusers.__version__, "batch": cfg["batch"],
+               "resolution": cfg["res"], "steps": cfg["steps"], "n_refs": cfg["n_refs"], "repeats": cfg["repeats"],
+               "models": {}}
     for kind in models:
-        pipe, kw, n_params = build(kind, size, device, dtype)
-        used_dtype = _finite_dtype(pipe, kw, res, dtype)
-        den = getattr(pipe, "unet", None) or pipe.transformer
-        C, f = den.config.in_channels, pipe.vae_scale_factor
-        shape = (C, res // f, res // f)
-        refs = torch.randn(cfg["n_refs"], *shape, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.3
-        variants = {
-            "default (window 0-0.8, diagnostics)": dict(),
-            "every step, x0, memory 16": dict(window=(0.0, 1.0), evaluate_on="x0", memory_size=16),
-            "every step, no diagnostics": dict(window=(0.0, 1.0), diagnostics=False),
-        }
-        adapters = {k: DiffusersMMDGuidance(pipe, height=res, width=res, **v).fit(reference_latents=refs.to(device))
-                    for k, v in variants.items()}
-
-        def unguided(seed):
-            return pipe(num_inference_steps=steps, height=res, width=res, generator=torch.Generator().manual_seed(seed),
-                        output_type="latent", **kw).images
-
-        def guided(a, seed):
-            return a.sample(None, n=B, num_inference_steps=steps, generator=seed, output_type="latent",
-                            reset_memory=False, **kw)
-
-        def timed(fn):
-            _sync(device)
-            t0 = time.perf_counter()
-            out = fn()
-            _sync(device)
-            return time.perf_counter() - t0, out
-
-        def peak(fn):
-            if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            fn()
-            return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-
-        peaks = {"unguided": peak(lambda: unguided(0))}  # also the warm-up
-        a = None
-        for k, a in adapters.items():
-            peaks[k] = peak(lambda a=a: guided(a, 0))
-        times = {k: [] for k in ["unguided", *adapters]}
-        finite = True
-        for r in range(cfg["repeats"]):
-            t, _ = timed(lambda: unguided(r + 1))
-            times["unguided"].append(t)
-            for k, a in adapters.items():
-                t, out = timed(lambda a=a: guided(a, r + 1))
-                times[k].append(t)
-                finite &= bool(torch.isfinite(out).all())
-        rows = []
-        for k in adapters:
-            ratios = [g / u for g, u in zip(times[k], times["unguided"])]
-            d = adapters[k].diagnostics_[0]["steps"]
-            rows.append({
-                "variant": k, "ratio_median": statistics.median(ratios), "ratios": ratios,
-                "guided_s_median": statistics.median(times[k]), "peak_gib": peaks[k],
-                "guided_steps": sum(s["applied"] for s in d),
-                "overhead_ms_per_guided_step": 1e3 * (statistics.median(times[k]) - statistics.median(times["unguided"]))
-                / max(sum(s["applied"] for s in d), 1),
-                "mmd2_first_last": [m[i] for m in [[s.get("mmd2") for s in d if s["applied"]]] for i in (0, -1)],
-            })
-        step_only = _guidance_step_cost(adapters["every step, no diagnostics"], B, device, cuda)
-        results["models"][kind] = {
-            "denoiser": type(den).__name__, "params": n_params, "latent_shape": list(shape), "hook": adapters[
-                next(iter(adapters))].diagnostics_[0]["mode"],
-            "unguided_s_median": statistics.median(times["unguided"]), "unguided_peak_gib": peaks["unguided"],
-            "variants": rows, "outputs_finite": finite, "dtype": str(used_dtype), "guidance_step_only": step_only,
-        }
-        if out_dir is not None:  # after each model, so a cut-off run keeps what it measured
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / f"bench_diffusers_{size}.json").write_text(json.dumps(results, indent=2))
-        del pipe, adapters, den, a, kw, unguided, guided  # nothing of this model may stay allocated for the next
+        results["models"][kind] = _bench_model(kind, size, device, dtype)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+        if out_dir is not None:  # after each model, so a cut-off run keeps what it measured
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / f"bench_diffusers_{size}.json").write_text(json.dumps(results, indent=2))
     return results
 
 
