@@ -393,8 +393,17 @@ def test_saved_pipeline_reloads_offline_and_runs_through_cli(tmp_path, pipes, mo
 
     rep = json.loads((out / "generate.json").read_text())
     assert rep["n"] == 3 and rep["guided_steps"] > 0 and math.isfinite(rep["latent_mmd2_to_refs"])
+    # prompt-aware: without captions a clear error (exit code 2); with <stem>.txt captions it runs
+    args = ["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--prompt", "red car", "a dog",
+            "--n", "2", "--steps", "2", "--prompt-aware", "--out", str(tmp_path / "out2")]
+    assert main(args) == 2
+    for i, cap in enumerate(["red car", "a dog", "blue sky"]):
+        (refs / f"r{i}.txt").write_text(cap)
+    assert main(args) == 0
+    assert json.loads((tmp_path / "out2" / "generate.json").read_text())["prompts"] == ["red car", "a dog"]
     with pytest.raises(SystemExit):
         main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--out", str(out)])
+    assert main(["generate", "--pipeline", str(tmp_path), "--refs", str(refs), "--prompt", "a", "--out", str(out)]) == 2
     rc = main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--prompt", "a", "b",
                "--n", "3", "--out", str(out)])
     assert rc == 2
