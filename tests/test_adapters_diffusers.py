@@ -276,6 +276,28 @@ def test_scaling_factor_applied_once():
     torch.testing.assert_close(lat[0.25], 0.25 * lat[1.0])  # linear in sf: applied once, not squared
 
 
+def test_low_precision_vae_and_pipeline():
+    """fp16 VAE with force_upcast encodes in float32 (= its float32 copy) and stays fp16; a bf16 pipeline is guided in
+    float32 and returns bf16 latents."""
+    import copy
+
+    imgs = _images(3)
+    v16 = tiny_vae().to(torch.float16)
+    v16.register_to_config(force_upcast=True)
+    v32 = copy.deepcopy(v16).to(torch.float32)
+    v32.register_to_config(force_upcast=False)
+    lat16, _ = encode_images(v16, imgs, height=RES, width=RES)
+    lat32, _ = encode_images(v32, imgs, height=RES, width=RES)
+    assert next(v16.parameters()).dtype == torch.float16 and lat16.dtype == torch.float32
+    torch.testing.assert_close(lat16, lat32, rtol=0, atol=1e-6)
+    pipe = tiny_sd().to(torch.bfloat16)
+    a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=torch.randn(6, 4, 8, 8) + 1)
+    x = a.sample(PROMPT, n=3, num_inference_steps=4, generator=0, output_type="latent")
+    assert x.dtype == torch.bfloat16 and torch.isfinite(x).all() and a.mmd_.reference_.dtype == torch.float32
+    mmd2 = [s["mmd2"] for s in a.diagnostics_[0]["steps"]]
+    assert mmd2[-1] < mmd2[0]
+
+
 def test_fit_from_images_folder_with_captions_and_cache(tmp_path, pipes):
     from PIL import Image
 
