@@ -371,6 +371,8 @@ def test_bad_input(tmp_path, pipes):
         pa.fit(reference_latents=refs)
     with pytest.raises(ValueError, match="got 2 reference prompts for 4"):
         pa.fit(reference_latents=refs, prompts=["a", "b"])
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        DiffusersMMDGuidance(pipe, scale=-1.0).fit(reference_latents=refs)
     with pytest.raises(ValueError, match="unknown hook"):
         DiffusersMMDGuidance(pipe, hook="nope").fit(reference_latents=refs)
     with pytest.raises(TypeError, match="unet or transformer"):

@@ -31,7 +31,8 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import as_tensor, check_array_2d, check_option, check_random_state_torch, logger, progress
+from .._utils import (as_tensor, check_array_2d, check_option, check_positive, check_random_state_torch, logger,
+                      progress)
 from ..guidance import EVALUATE_ON, SCHEDULES, STEP_RULES, GuidanceWarning, MMDGuidance, _check_int, _check_window
 from ..kernels import GaussianKernel, Kernel, ProductKernel
 from ..mmd import ESTIMATORS, MMD, TERMS
@@ -245,9 +246,12 @@ class DiffusersMMDGuidance(BaseEstimator):
             )
         return den
 
-    def _resolution(self) -> tuple[int, int]:
+    def _vae_scale_factor(self) -> int:
         p = self.pipeline
-        vsf = int(getattr(p, "vae_scale_factor", 0) or 2 ** (len(p.vae.config.block_out_channels) - 1))
+        return int(getattr(p, "vae_scale_factor", 0) or 2 ** (len(p.vae.config.block_out_channels) - 1))
+
+    def _resolution(self) -> tuple[int, int]:
+        vsf = self._vae_scale_factor()
         ss = self._denoiser().config.sample_size
         ss = ss if isinstance(ss, (tuple, list)) else (ss, ss)
         h = int(self.height) if self.height is not None else int(ss[0]) * vsf
@@ -257,8 +261,7 @@ class DiffusersMMDGuidance(BaseEstimator):
         return h, w
 
     def _latent_shape(self) -> tuple[int, int, int]:
-        p = self.pipeline
-        vsf = int(getattr(p, "vae_scale_factor", 0) or 2 ** (len(p.vae.config.block_out_channels) - 1))
+        vsf = self._vae_scale_factor()
         h, w = self._resolution()
         return int(self._denoiser().config.in_channels), h // vsf, w // vsf
 
@@ -277,6 +280,7 @@ class DiffusersMMDGuidance(BaseEstimator):
         self._denoiser()
         scheduler_family(self.pipeline.scheduler)
         check_option(self.estimator, ESTIMATORS, name="estimator")
+        check_positive(self.scale, name="scale", allow_zero=True)
         check_option(self.step_rule, STEP_RULES, name="step_rule")
         check_option(self.terms, TERMS, name="terms")
         check_option(self.evaluate_on, EVALUATE_ON, name="evaluate_on")
