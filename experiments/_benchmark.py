@@ -56,6 +56,7 @@ FINETUNE = {"finetune": dict(epochs=200, lr=5e-4), "finetune_long": dict(epochs=
 METHOD_LABELS = {
     "none": "no guidance",
     "mmd": "MMD guidance",
+    "mmd_nr": "MMD guidance (noised refs)",
     "classifier": "classifier guidance",
     "doob_matching": "Doob's matching",
     "finetune": "fine-tune (200 ep)",
@@ -183,7 +184,8 @@ def run_method(method: str, model, sc: Scenario, refs: np.ndarray, n: int, seed:
                num_steps: int = NUM_STEPS, x_T=None) -> np.ndarray:
     """Samples ``(n, D)`` of one method (numpy float64).
 
-    ``mmd``: keyword arguments of :class:`MMDGuidedSampler` (the sampler's own defaults otherwise).
+    ``mmd``: keyword arguments of :class:`MMDGuidedSampler` (the sampler's own defaults otherwise);
+    ``'mmd_nr'`` is MMD guidance evaluated against noised references (``evaluate_on='noised_refs'``).
     """
     dim = refs.shape[1]
     xT = initial_noise(n, dim, seed) if x_T is None else torch.as_tensor(x_T, dtype=torch.float64)
@@ -192,8 +194,10 @@ def run_method(method: str, model, sc: Scenario, refs: np.ndarray, n: int, seed:
             return np.asarray(refs, float)
         if method == "none":
             X = run_sampler(model, xT, sampler=SAMPLER, num_steps=num_steps, generator=seed)
-        elif method == "mmd":
+        elif method in ("mmd", "mmd_nr"):
             kw = dict(sampler=SAMPLER, num_steps=num_steps)
+            if method == "mmd_nr":  # the sampler's defaults except the evaluation point
+                kw["evaluate_on"] = "noised_refs"
             kw.update(mmd or {})
             X = MMDGuidedSampler(model, random_state=seed, **kw).fit(refs).sample(n, x_T=xT.numpy())
         elif method == "doob_oracle":
@@ -349,7 +353,7 @@ def markdown_table(results: dict, titles: dict, methods, metrics=TABLE_METRICS) 
     return "\n".join(lines)
 
 
-COLORS = {"none": "tab:blue", "mmd": "tab:green", "classifier": "tab:orange", "doob_matching": "tab:brown",
+COLORS = {"none": "tab:blue", "mmd": "tab:green", "mmd_nr": "tab:olive", "classifier": "tab:orange", "doob_matching": "tab:brown",
           "finetune": "tab:pink", "finetune_long": "tab:purple", "doob_oracle": "tab:red", "refs": "0.3"}
 
 

@@ -1,7 +1,8 @@
 r"""Synthetic adaptation benchmark, 2-D, analytic base model: five target scenarios × all methods, 5 seeds.
 
 Base model: the exact ``GMMDenoiser`` of the 8-mode ring. References: N = 50 draws of the target.
-Methods: no guidance; MMD guidance (the sampler's defaults); classifier guidance (noise-conditioned
+Methods: no guidance; MMD guidance (the sampler's defaults, and evaluated against noised references);
+classifier guidance (noise-conditioned
 domain classifier, scale 2); Doob's matching (learned h-transform); the exact Doob oracle where the
 target re-weights the base components (it knows the base and the true weights); and the N references
 themselves (what a method that only sees them can at best reproduce). Sampler: ancestral DDPM, 50 steps,
@@ -16,7 +17,7 @@ from ._benchmark import markdown_table, plot_bars, plot_scatter_grid, scenario_t
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_scenarios"
-METHODS = ["none", "mmd", "classifier", "doob_matching", "doob_oracle", "refs"]
+METHODS = ["none", "mmd", "mmd_nr", "classifier", "doob_matching", "doob_oracle", "refs"]
 CONFIGS = {
     "full": dict(N=50, n=400, seeds=5, methods=METHODS),
     "fast": dict(N=50, n=150, seeds=2, methods=["none", "mmd", "doob_oracle", "refs"]),

@@ -2,7 +2,7 @@ r"""Synthetic adaptation benchmark in d = 8 and d = 32 (analytic base): five sce
 
 The 8-mode ring (std 0.25 in every coordinate) embedded in :math:`\mathbb R^d` by a fixed orthonormal
 2-frame; targets as in 2-D. Base model: the exact ``GMMDenoiser``. References: N = 50; n = 256 samples.
-Methods: no guidance; MMD guidance (defaults); classifier guidance (scale 2); Doob's matching; the exact
+Methods: no guidance; MMD guidance (defaults, and against noised references); classifier guidance (scale 2); Doob's matching; the exact
 Doob oracle (re-weighting targets); the references themselves. The exact-MMD² metric uses a Gaussian
 kernel of bandwidth max(1, 0.35 sqrt(d)) (1 at d = 8, 1.98 at d = 32).
 """
@@ -13,7 +13,7 @@ from ._benchmark import METHOD_LABELS, markdown_table, metric_bandwidth, plot_ba
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_scenarios_hd"
-METHODS = ["none", "mmd", "classifier", "doob_matching", "doob_oracle", "refs"]
+METHODS = ["none", "mmd", "mmd_nr", "classifier", "doob_matching", "doob_oracle", "refs"]
 CONFIGS = {
     "full": dict(dims=(8, 32), N=50, n=256, seeds=5, methods=METHODS, keys=None),
     "fast": dict(dims=(8,), N=50, n=120, seeds=2, methods=["none", "mmd", "doob_oracle"], keys=["subset", "reweight"]),

@@ -2,7 +2,8 @@ r"""Synthetic adaptation benchmark, 2-D, *trained* base model: five target scena
 
 Base model: an ``MLPDenoiser`` (3 residual blocks, width 128) trained on 20 000 samples of the 8-mode ring
 (50 epochs) — an imperfect score, as in practice. References: N = 50 draws of the target.
-Methods: no guidance; MMD guidance (the sampler's defaults); classifier guidance (scale 2);
+Methods: no guidance; MMD guidance (the sampler's defaults, and evaluated against noised references);
+classifier guidance (scale 2);
 Doob's matching; fine-tuning the MLP on the references (200 epochs at lr 5e-4, and 1000 epochs at
 lr 1e-3); the N references themselves. No exact oracle (the base is not analytic).
 Sampler: ancestral DDPM, 50 steps, same initial noise for every method.
@@ -14,7 +15,7 @@ from ._benchmark import markdown_table, plot_bars, plot_scatter_grid, scenario_t
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "bench_scenarios_mlp"
-METHODS = ["none", "mmd", "classifier", "doob_matching", "finetune", "finetune_long", "refs"]
+METHODS = ["none", "mmd", "mmd_nr", "classifier", "doob_matching", "finetune", "finetune_long", "refs"]
 CONFIGS = {
     "full": dict(N=50, n=400, seeds=5, methods=METHODS, keys=None, kind="mlp"),
     "fast": dict(N=50, n=120, seeds=2, methods=["none", "mmd", "finetune"], keys=["subset", "reweight"], kind="mlp_small"),

@@ -91,6 +91,7 @@ def table(groups, cfg) -> str:
 def _plot(data, cfg, out_dir):
     use_agg()
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     keys = cfg["keys"]
     groups = list(data["groups"])
@@ -109,6 +110,7 @@ def _plot(data, cfg, out_dir):
         ax2.plot(sc, tv, "s--", ms=3, color="tab:gray", label="mode TV (right)")
         ax2.set_ylabel("mode-weight TV", fontsize=8)
         ax.set_xscale("log"), ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(sc)
         ax.set_xticklabels([f"{v:g}" for v in sc], fontsize=7)
         ax.set_xlabel("guidance scale")

@@ -117,31 +117,36 @@ def table(groups, cfg) -> str:
 def _plot(data, cfg, out_dir):
     use_agg()
     import matplotlib.pyplot as plt
-
     keys = cfg["keys"]
     groups = list(data["groups"])
-    fig, axes = plt.subplots(len(keys), len(groups), figsize=(3.3 * len(groups), 4.3 * len(keys)), squeeze=False)
-    for i, k in enumerate(keys):
-        for j, g in enumerate(groups):
-            ax = axes[i][j]
-            opts = data["groups"][g]
-            names = list(opts)
-            x = np.arange(len(names))
-            best = [opts[o][k]["best"]["summary"] for o in names]
-            ax.bar(x - 0.2, [b["exact_mmd2"][0] for b in best], 0.4, yerr=[b["exact_mmd2"][1] for b in best], color="tab:green",
-                   alpha=0.75, capsize=2, label="MMD² σ=1")
-            ax.bar(x + 0.2, [b["exact_mmd2_fine"][0] for b in best], 0.4, yerr=[b["exact_mmd2_fine"][1] for b in best],
-                   color="tab:olive", alpha=0.75, capsize=2, label="MMD² σ=0.25")
-            for xi, o in zip(x, names):
-                ax.text(xi, 0.02, f"s={opts[o][k]['best']['scale']:g}", ha="center", fontsize=6, transform=ax.get_xaxis_transform())
-            ax.set_xticks(x)
-            ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
-            ax.set_yscale("log")
-            ax.set_title(f"{k}: {g}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel("exact MMD² at the best scale s", fontsize=8)
-                ax.legend(fontsize=7)
-    fig.suptitle(f"MMD guidance, sampler-side options (2-D, analytic base, N = {cfg['N']}, n = {cfg['n']} "
-                 f"(population: n = {cfg['n_pop']}), {cfg['seeds']} seeds, mean ± std at the best scale s)", fontsize=11)
-    fig.tight_layout()
+    panels = [(k, g) for k in keys for g in groups]
+    ncols = min(5, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (k, g) in zip(axes.flat, panels):
+        opts = data["groups"][g]
+        names = list(opts)
+        x = np.arange(len(names))
+        best = [opts[o][k]["best"]["summary"] for o in names]
+        ax.bar(x - 0.2, [b["exact_mmd2"][0] for b in best], 0.4, yerr=[b["exact_mmd2"][1] for b in best], color="tab:green",
+               alpha=0.75, capsize=2, label="MMD² σ=1")
+        ax.bar(x + 0.2, [b["exact_mmd2_fine"][0] for b in best], 0.4, yerr=[b["exact_mmd2_fine"][1] for b in best],
+               color="tab:olive", alpha=0.75, capsize=2, label="MMD² σ=0.25")
+        for xi, o, b in zip(x, names, best):
+            far = b.get("frac_far", [0.0])[0]
+            lbl = f"s={opts[o][k]['best']['scale']:g}" + (f"\nfar {100 * far:.1f}%" if far > 0 else "")
+            ax.text(xi, 0.02, lbl, ha="center", fontsize=6, color="darkred" if far > 0 else "k", transform=ax.get_xaxis_transform())
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+        ax.set_ylim(bottom=0)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(f"{k}: {g}", fontsize=9)
+        ax.set_ylabel("exact MMD² at the best scale s", fontsize=8)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"MMD guidance, sampler-side options (2-D, N = {cfg['N']}, n = {cfg['n']} (population: n = {cfg['n_pop']}), "
+                 f"{cfg['seeds']} seeds, mean ± std at the best scale s; analytic base unless marked [MLP base]; "
+                 "red: % of samples > 6σ from every mode)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     save_figure(fig, out_dir, NAME)
