@@ -234,7 +234,7 @@ _TARGET_DRAWS: dict = {}
 
 
 def target_draws(sc: Scenario, n: int) -> np.ndarray:
-    key = (id(sc.target), n)
+    key = (sc.key, sc.target.dim, n)  # scenarios are deterministic given key and dimension (ids can be reused)
     if key not in _TARGET_DRAWS:
         _TARGET_DRAWS[key] = sc.target.sample(n, random_state=424242)
     return _TARGET_DRAWS[key]

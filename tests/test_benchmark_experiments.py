@@ -108,3 +108,26 @@ def test_sync_doc_tables_replaces_only_marked_blocks(tmp_path):
     assert not sync_doc_tables(tmp_path, "x", {"table": "| a |\n|---|"}, doc=doc)  # unchanged: no rewrite
     # runs writing elsewhere than the repository's paper_figures never touch docs/benchmark.md
     assert not sync_doc_tables(tmp_path, "x", {"table": "t"})
+
+
+def test_methods_share_initial_and_ancestral_noise():
+    # every method starts from the same noise for a seed: with zero guidance (MMD scale 0, Doob oracle whose
+    # target weights equal the base's) the guided samplers reproduce the unguided samples bit for bit
+    from experiments._benchmark import base_model, references, run_method, scenarios
+
+    _, scen = scenarios(2)
+    model = base_model("gmm", 2)
+    sc = scen["subset"]
+    refs = references(sc, 20, seed=3)
+    plain = run_method("none", model, sc, refs, 40, seed=3, num_steps=10)
+    assert np.array_equal(plain, run_method("mmd", model, sc, refs, 40, seed=3, num_steps=10, mmd={"scale": 0.0}))
+    sc.weights = np.full(8, 1 / 8)  # a local Scenario object: the oracle towards the base itself
+    assert np.array_equal(plain, run_method("doob_oracle", model, sc, refs, 40, seed=3, num_steps=10))
+    assert not np.array_equal(plain, run_method("mmd", model, sc, refs, 40, seed=3, num_steps=10))
+
+
+def test_target_draws_follow_the_scenario_dimension():
+    from experiments._benchmark import scenarios, target_draws
+
+    for d in (2, 8, 2):  # ids of collected scenario objects may be reused: the cache must not mix dimensions
+        assert target_draws(scenarios(d)[1]["subset"], 30).shape == (30, d)
