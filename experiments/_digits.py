@@ -231,12 +231,14 @@ def sample_latent(models: DigitModels, n, *, num_steps=100, sampler="ddpm", rand
 
 
 # --------------------------------------------------------------------------- metrics
-def evaluate(clf: FeatureClassifier, X, real, *, target_classes=None, random_state=0) -> dict:
+def evaluate(clf: FeatureClassifier, X, real, *, target_classes=None, real_all=None, random_state=0) -> dict:
     """Metrics of generated images ``X`` against real images ``real`` in the classifier's penultimate-layer space.
 
     Returns FD, KD (mean over subsets, ×1e3 as papers report), precision/recall/density/coverage
     (k = 5), RRKE (Gaussian kernel, median bandwidth of the real features), the label histogram,
-    the fraction of samples classified into ``target_classes`` and the mean ink.
+    the fraction of samples classified into ``target_classes`` and the mean ink; with ``real_all``
+    (e.g. all held-out digits) also ``precision_all`` / ``density_all``: fidelity to real digits of
+    any class, comparable between guided and unguided samples.
     """
     F, R = clf.features(X), clf.features(real)
     with warnings.catch_warnings():
@@ -248,6 +250,9 @@ def evaluate(clf: FeatureClassifier, X, real, *, target_classes=None, random_sta
     out = {"fd": fd, "kd_x1e3": kd, **prdc, "rrke": metrics.rrke(F, R), "label_hist": hist.tolist(), "ink": ink(X)}
     if target_classes is not None:
         out["frac_target"] = float(hist[list(target_classes)].sum())
+    if real_all is not None:
+        pa = metrics.precision_recall_density_coverage(clf.features(real_all), F, k=5)
+        out["precision_all"], out["density_all"] = pa["precision"], pa["density"]
     return out
 
 
@@ -270,3 +275,18 @@ def plot_grid(ax, X, *, ncols=10, nrows=1, title=None):
     ax.set_yticks([])
     if title:
         ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=9)
+
+
+def log_axis(ax, which="xy"):
+    """Log scale on ``which`` axes with plain tick labels (1, 2, 5, 10, 20, ...), no ``2×10^1`` clutter."""
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+
+    def minor(v, _):
+        m = v / 10 ** np.floor(np.log10(v))
+        return f"{v:g}" if np.isclose(m, 2) or np.isclose(m, 5) else ""
+
+    for name in which:
+        getattr(ax, f"set_{name}scale")("log")
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(FuncFormatter(minor))

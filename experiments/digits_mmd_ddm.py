@@ -23,7 +23,7 @@ from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "digits_mmd_ddm"
 CONFIGS = {
-    "full": dict(Ks=[2, 5, 10, 20, 50], tuned_K=[5, 10], seeds=5, n=300, iterations=200, batch_size=128, lr=1e-4),
+    "full": dict(Ks=[2, 5, 10, 20, 50], tuned_K=[2, 5, 10], seeds=5, n=300, iterations=200, batch_size=128, lr=3e-5),
     "fast": dict(Ks=[5, 10], tuned_K=[5], seeds=1, n=100, iterations=60, batch_size=64, lr=2e-4),
 }
 METRICS = ["fd", "kd_x1e3", "precision", "recall", "density", "coverage"]
@@ -92,8 +92,9 @@ def _plot(summary, hist, shown, cfg, out_dir):
     use_agg()
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(14, 4.2))
-    gs = fig.add_gridspec(len(shown), 3, width_ratios=[1.1, 1.0, 1.5], hspace=0.5, wspace=0.3)
+    order = [f"{kind} {K}" for K in cfg["tuned_K"] for kind in ("DDIM", "MMD-DDM")] + ["DDPM 100"]
+    fig = plt.figure(figsize=(15, max(4.2, 0.62 * len(order) + 1.0)))
+    gs = fig.add_gridspec(len(order), 3, width_ratios=[1.1, 1.0, 1.5], hspace=0.25, wspace=0.3)
     ax = fig.add_subplot(gs[:, 0])
     Ks = cfg["Ks"]
     ax.errorbar(Ks, [summary["ddim"][str(K)]["fd"][0] for K in Ks], yerr=[summary["ddim"][str(K)]["fd"][1] for K in Ks],
@@ -103,19 +104,24 @@ def _plot(summary, hist, shown, cfg, out_dir):
                 marker="s", ls="none", capsize=3, color="C3", label="MMD-DDM (tuned for K)")
     ax.axhline(summary["ddpm_100"]["fd"][0], color="gray", ls="--", label="DDPM, 100 ancestral steps")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xticks(Ks, [str(K) for K in Ks])
+    D.log_axis(ax, "y")
     ax.set_xlabel("sampling steps K")
     ax.set_ylabel("FD to held-out digits (classifier features)")
     ax.set_title(f"FD vs steps (mean ± std, {cfg['seeds']} seed(s))", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     ax = fig.add_subplot(gs[:, 1])
+    w = 10  # moving average: the batch MMD² is noisy
     for K, h in hist.items():
-        ax.plot(np.arange(1, len(h) + 1), h, label=f"K = {K}")
+        sm = np.convolve(h, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(w, len(h) + 1), sm, label=f"K = {K}")
+    D.log_axis(ax, "y")
     ax.set_xlabel("fine-tuning iteration")
-    ax.set_ylabel("MMD² (batch, pixels)")
+    ax.set_ylabel(f"MMD² (batch of pixels, moving average of {w})")
     ax.set_title("MMD-DDM training loss (mean over seeds)", fontsize=10)
     ax.legend(fontsize=8)
-    for i, (name, X) in enumerate(shown.items()):
-        D.plot_grid(fig.add_subplot(gs[i, 2]), X, ncols=16, title=name)
+    for i, name in enumerate(order):
+        D.plot_grid(fig.add_subplot(gs[i, 2]), shown[name], ncols=16, title=name)
     fig.suptitle("MMD-DDM on 8×8 digits: few-step DDIM before and after MMD fine-tuning (rows = samplers, seed 0)", fontsize=11)
     save_figure(fig, out_dir, NAME)
