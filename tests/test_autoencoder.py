@@ -72,3 +72,12 @@ def test_bad_input_errors(ae, data):
         ae.decode(np.zeros((3, 64)))
     with pytest.raises(ValueError, match="NaN"):
         ae.encode(np.full((2, 64), np.nan))
+
+
+# ------------------------------------------------------------------ sklearn conventions
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+
+@parametrize_with_checks([Autoencoder(latent_dim=2, hidden=8, epochs=2)], expected_failed_checks=lambda est: {})
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
