@@ -36,8 +36,7 @@ import copy
 import math
 import numbers
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,7 +44,6 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._utils import (
-    as_tensor,
     check_array_2d,
     check_option,
     check_positive,
@@ -348,7 +346,81 @@ def _check_int(v, name, lo):
 
 
 # =========================================================================== sampler
-class MMDGuidedSampler(BaseEstimator):
+class _GuidedEstimatorMixin:
+    """What :class:`MMDGuidedSampler` and the diffusers adapter share: the guidance parameters.
+
+    Subclasses name their heavy first constructor argument in ``_heavy_param`` (a model or a
+    pipeline: never deep-copied on ``clone``) and store the :class:`MMDGuidance` parameters
+    (``kernel, prompt_kernel, estimator, scale, step_rule, schedule, window, every, terms,
+    evaluate_on, inner_steps, max_update_ratio, diagnostics``) under those names.
+    """
+
+    _heavy_param = "model"
+
+    def __sklearn_clone__(self):
+        """Clone the parameters without copying the model/pipeline (it may hold large weights)."""
+        from sklearn.base import clone
+
+        params = self.get_params(deep=False)
+        heavy = params.pop(self._heavy_param)
+        params = {k: (clone(v) if isinstance(v, BaseEstimator) else copy.deepcopy(v)) for k, v in params.items()}
+        return type(self)(heavy, **params)
+
+    @property
+    def prompt_aware(self) -> bool:
+        return self.prompt_kernel is not None or isinstance(self.kernel, ProductKernel)
+
+    def _validate_guidance_params(self):
+        """Check the shared guidance parameters (clear errors before any work is done)."""
+        check_option(self.estimator, ESTIMATORS, name="estimator")
+        check_option(self.step_rule, STEP_RULES, name="step_rule")
+        check_option(self.terms, TERMS, name="terms")
+        check_option(self.evaluate_on, EVALUATE_ON, name="evaluate_on")
+        if not callable(self.schedule):
+            check_option(self.schedule, SCHEDULES, name="schedule")
+        check_positive(self.scale, name="scale", allow_zero=True)
+        _check_window(self.window)
+        _check_int(self.every, "every", 1)
+        _check_int(self.inner_steps, "inner_steps", 1)
+        check_positive(self.max_update_ratio, name="max_update_ratio")
+        for k, nm in ((self.kernel, "kernel"), (self.prompt_kernel, "prompt_kernel")):
+            if k is not None and not isinstance(k, Kernel):
+                raise TypeError(f"{nm} must be a mmdguidance Kernel, got {type(k).__name__}")
+
+    def _fit_mmd(self, X: torch.Tensor, C: torch.Tensor | None, weights=None) -> MMD:
+        r"""Fit the MMD estimator on references ``X`` (N, D), joined with prompt features ``C`` (N, Dc) if given.
+
+        With prompts the kernel is ``kernel`` if it already is a :class:`ProductKernel`, else
+        ``ProductKernel(first=kernel or GaussianKernel(), second=prompt_kernel, split=D)``.
+        Sets ``prompt_dim_``.
+        """
+        kernel, feats = self.kernel, X
+        if C is not None:
+            if not isinstance(kernel, ProductKernel):
+                kernel = ProductKernel(first=GaussianKernel() if kernel is None else kernel, second=self.prompt_kernel,
+                                       split=X.shape[1])
+            feats = torch.cat([X, C], 1)  # (N, D + Dc)
+        self.prompt_dim_ = 0 if C is None else int(C.shape[1])
+        return MMD(kernel=kernel, estimator=self.estimator).fit(feats, weights=weights)
+
+    def _make_guidance(self) -> MMDGuidance:
+        """A fresh :class:`MMDGuidance` (its own history and guard counters) on the fitted ``mmd_``."""
+        return MMDGuidance(
+            mmd=self.mmd_,
+            scale=self.scale,
+            step_rule=self.step_rule,
+            schedule=self.schedule,
+            window=self.window,
+            every=self.every,
+            terms=self.terms,
+            evaluate_on=self.evaluate_on,
+            inner_steps=self.inner_steps,
+            max_update_ratio=self.max_update_ratio,
+            record=bool(self.diagnostics),
+        )
+
+
+class MMDGuidedSampler(_GuidedEstimatorMixin, BaseEstimator):
     r"""A diffusion model steered toward a reference set by MMD guidance.
 
     ``MMDGuidedSampler(model).fit(refs).sample(n)``
@@ -447,17 +519,6 @@ class MMDGuidedSampler(BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ sklearn plumbing
-    def __sklearn_clone__(self):
-        """Clone parameters without deep-copying ``model`` (it may be a large network)."""
-        params = self.get_params(deep=False)
-        model = params.pop("model")
-        params = {k: (copy.deepcopy(v) if not isinstance(v, BaseEstimator) else _clone_est(v)) for k, v in params.items()}
-        return type(self)(model, **params)
-
-    @property
-    def prompt_aware(self) -> bool:
-        return self.prompt_kernel is not None or isinstance(self.kernel, ProductKernel)
-
     def _model_dtype_device(self, fallback: torch.Tensor):
         m = self.model
         if isinstance(m, torch.nn.Module):
@@ -474,28 +535,15 @@ class MMDGuidedSampler(BaseEstimator):
         m = self.model
         if m is None or not callable(getattr(m, "predict_eps", None)) or not hasattr(m, "schedule"):
             raise TypeError("model must be a Denoiser with predict_eps(x, t, cond=None), schedule and dim")
-        check_option(self.estimator, ESTIMATORS, name="estimator")
+        self._validate_guidance_params()
         check_option(self.population, POPULATIONS, name="population")
         check_option(self.sampler, SAMPLERS, name="sampler")
-        check_option(self.step_rule, STEP_RULES, name="step_rule")
-        check_option(self.terms, TERMS, name="terms")
-        check_option(self.evaluate_on, EVALUATE_ON, name="evaluate_on")
-        if not callable(self.schedule):
-            check_option(self.schedule, SCHEDULES, name="schedule")
-        check_positive(self.scale, name="scale", allow_zero=True)
-        _check_window(self.window)
         _check_int(self.num_steps, "num_steps", 1)
         if self.memory_size is not None:
             _check_int(self.memory_size, "memory_size", 0)
         if self.population == "sequential" and self._memory_size() < 1:
             raise ValueError("population='sequential' needs memory_size >= 1 (the authors use 100)")
-        _check_int(self.every, "every", 1)
-        _check_int(self.inner_steps, "inner_steps", 1)
         check_positive(self.eta, name="eta", allow_zero=True)
-        if self.kernel is not None and not isinstance(self.kernel, Kernel):
-            raise TypeError(f"kernel must be a mmdguidance Kernel, got {type(self.kernel).__name__}")
-        if self.prompt_kernel is not None and not isinstance(self.prompt_kernel, Kernel):
-            raise TypeError(f"prompt_kernel must be a mmdguidance Kernel, got {type(self.prompt_kernel).__name__}")
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, *, weights=None, prompts=None):
@@ -527,22 +575,11 @@ class MMDGuidedSampler(BaseEstimator):
             if C.shape[0] != refs.shape[0]:
                 raise ValueError(f"got {C.shape[0]} prompts for {refs.shape[0]} references; need one per reference")
             C = C.to(dtype=refs.dtype, device=refs.device)
-            kernel = self.kernel
-            if not isinstance(kernel, ProductKernel):
-                kernel = ProductKernel(
-                    first=GaussianKernel() if kernel is None else kernel,
-                    second=self.prompt_kernel,
-                    split=D,
-                )
-            feats = torch.cat([refs, C], 1)
-            self.prompt_dim_ = int(C.shape[1])
         else:
             if prompts is not None:
                 raise ValueError("prompts were given but the sampler is not prompt-aware; set prompt_kernel=...")
-            kernel = self.kernel
-            feats = refs
-            self.prompt_dim_ = 0
-        self.mmd_ = MMD(kernel=kernel, estimator=self.estimator).fit(feats, weights=weights)
+            C = None
+        self.mmd_ = self._fit_mmd(refs, C, weights)
         self.n_features_in_ = D
         self.reference_ = refs
         self._return_numpy = not isinstance(X, torch.Tensor)
@@ -618,20 +655,7 @@ class MMDGuidedSampler(BaseEstimator):
         else:
             xT = torch.randn(n, D, generator=gen, dtype=dtype).to(device)
 
-        mmd = self.mmd_
-        guidance = MMDGuidance(
-            mmd=mmd,
-            scale=self.scale,
-            step_rule=self.step_rule,
-            schedule=self.schedule,
-            window=self.window,
-            every=self.every,
-            terms=self.terms,
-            evaluate_on=self.evaluate_on,
-            inner_steps=self.inner_steps,
-            max_update_ratio=self.max_update_ratio,
-            record=bool(self.diagnostics),
-        )
+        guidance = self._make_guidance()
         sequential = self.population == "sequential"
         bs = 1 if sequential else (n if batch_size is None else _check_int(batch_size, "batch_size", 1))
         memory = None if (reset_memory or self.memory_ is None) else self.memory_.to(dtype=dtype, device=device)
@@ -696,8 +720,3 @@ class MMDGuidedSampler(BaseEstimator):
             Xt = torch.cat([Xt, check_array_2d(prompts, name="prompts").to(Xt)], 1)
         return float(self.mmd_.score(Xt))
 
-
-def _clone_est(est):
-    from sklearn.base import clone
-
-    return clone(est)

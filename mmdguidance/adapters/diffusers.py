@@ -21,7 +21,6 @@ Tested with diffusers 0.42.1 (declared range ``>=0.30,<0.43``).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import numbers
 import warnings
@@ -31,11 +30,9 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import (as_tensor, check_array_2d, check_option, check_positive, check_random_state_torch, logger,
+from .._utils import (as_tensor, check_array_2d, check_option, check_random_state_torch, logger,
                       progress)
-from ..guidance import EVALUATE_ON, SCHEDULES, STEP_RULES, GuidanceWarning, MMDGuidance, _check_int, _check_window
-from ..kernels import GaussianKernel, Kernel, ProductKernel
-from ..mmd import ESTIMATORS, MMD, TERMS
+from ..guidance import GuidanceWarning, _check_int, _GuidedEstimatorMixin
 from ._encode import encode_images, load_images
 from ._hooks import GuidedCall, scheduler_family
 
@@ -108,7 +105,7 @@ def _check_prompt_list(prompts, n: int, what: str) -> list[str]:
 
 
 # =========================================================================== the adapter
-class DiffusersMMDGuidance(BaseEstimator):
+class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
     r"""MMD guidance on the latents of a diffusers pipeline.
 
     Parameters
@@ -217,18 +214,7 @@ class DiffusersMMDGuidance(BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ sklearn plumbing
-    def __sklearn_clone__(self):
-        """Clone the parameters without copying the pipeline (it holds the model weights)."""
-        from sklearn.base import clone
-
-        params = self.get_params(deep=False)
-        pipe = params.pop("pipeline")
-        params = {k: (clone(v) if isinstance(v, BaseEstimator) else copy.deepcopy(v)) for k, v in params.items()}
-        return type(self)(pipe, **params)
-
-    @property
-    def prompt_aware(self) -> bool:
-        return self.prompt_kernel is not None or isinstance(self.kernel, ProductKernel)
+    _heavy_param = "pipeline"
 
     def _device(self):
         """Where the pipeline runs its denoiser (differs from ``pipeline.device`` under CPU offload)."""
@@ -279,20 +265,10 @@ class DiffusersMMDGuidance(BaseEstimator):
     def _validate(self):
         self._denoiser()
         scheduler_family(self.pipeline.scheduler)
-        check_option(self.estimator, ESTIMATORS, name="estimator")
-        check_positive(self.scale, name="scale", allow_zero=True)
-        check_option(self.step_rule, STEP_RULES, name="step_rule")
-        check_option(self.terms, TERMS, name="terms")
-        check_option(self.evaluate_on, EVALUATE_ON, name="evaluate_on")
+        self._validate_guidance_params()
         check_option(self.hook, HOOKS, name="hook")
-        if not callable(self.schedule):
-            check_option(self.schedule, SCHEDULES, name="schedule")
-        _check_window(self.window)
         _check_int(self.memory_size, "memory_size", 0)
         _check_int(self.encode_batch_size, "encode_batch_size", 1)
-        for k, nm in ((self.kernel, "kernel"), (self.prompt_kernel, "prompt_kernel")):
-            if k is not None and not isinstance(k, Kernel):
-                raise TypeError(f"{nm} must be a mmdguidance Kernel, got {type(k).__name__}")
         if self.text_embedder is not None and not callable(self.text_embedder):
             raise TypeError("text_embedder must be a callable list[str] -> (n, Dc)")
 
@@ -371,19 +347,12 @@ class DiffusersMMDGuidance(BaseEstimator):
                 prompts = captions
             if prompts is None:
                 raise ValueError("prompt-aware guidance (prompt_kernel=...): fit(..., prompts=...) needs one caption per reference")
-            C = self._prompt_features(prompts, N, "reference prompts")
-            kernel = self.kernel
-            if not isinstance(kernel, ProductKernel):
-                kernel = ProductKernel(first=GaussianKernel() if kernel is None else kernel, second=self.prompt_kernel,
-                                       split=D)
-            feats = torch.cat([X, C], 1)  # (N, D + Dc)
-            self.prompt_dim_ = int(C.shape[1])
+            C = self._prompt_features(prompts, N, "reference prompts")  # (N, Dc)
         else:
             if prompts is not None and not isinstance(prompts, (str, list, tuple)):
                 raise ValueError("prompts were given but the guidance is not prompt-aware; set prompt_kernel=...")
-            kernel, feats = self.kernel, X
-            self.prompt_dim_ = 0
-        self.mmd_ = MMD(kernel=kernel, estimator=self.estimator).fit(feats, weights=weights)
+            C = None
+        self.mmd_ = self._fit_mmd(X, C, weights)
         self.reference_latents_ = lat
         if isinstance(prompts, (str, list, tuple)):
             captions = _check_prompt_list(prompts, N, "reference prompts")
@@ -510,11 +479,7 @@ class DiffusersMMDGuidance(BaseEstimator):
         if self.evaluate_on == "noised_refs":
             dev_gen = torch.Generator(device=device).manual_seed(int(gen.initial_seed()) + 1)
         h, w = self._resolution()
-        guidance = MMDGuidance(
-            mmd=self.mmd_, scale=self.scale, step_rule=self.step_rule, schedule=self.schedule, window=self.window,
-            every=self.every, terms=self.terms, evaluate_on=self.evaluate_on, inner_steps=self.inner_steps,
-            max_update_ratio=self.max_update_ratio, record=bool(self.diagnostics),
-        )
+        guidance = self._make_guidance()
         memory = None if (reset_memory or self.memory_ is None) else self.memory_
         images, latents, diagnostics = [], [], []
         starts = list(range(0, n, bs))
