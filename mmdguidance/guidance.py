@@ -403,6 +403,22 @@ class _GuidedEstimatorMixin:
         self.prompt_dim_ = 0 if C is None else int(C.shape[1])
         return MMD(kernel=kernel, estimator=self.estimator).fit(feats, weights=weights)
 
+    def _memory_size(self) -> int:
+        return int(self.memory_size)
+
+    def _update_memory(self, memory, feats, sequential: bool = False):
+        """Memory bank after adding ``feats`` (b, F): a sliding window of the last ``_memory_size()`` rows,
+        or with ``sequential`` the authors' rule (grow to the size, then reset to the newest row); None if size 0."""
+        size = self._memory_size()
+        if size == 0:
+            return None
+        memory = feats if memory is None else torch.cat([memory, feats], 0)  # (M + b, F)
+        if sequential:
+            if memory.shape[0] >= size:  # the authors' reset: keep only the newest sample
+                memory = memory[-1:]
+            return memory
+        return memory[-size:]  # sliding window
+
     def _make_guidance(self) -> MMDGuidance:
         """A fresh :class:`MMDGuidance` (its own history and guard counters) on the fitted ``mmd_``."""
         return MMDGuidance(
@@ -697,17 +713,6 @@ class MMDGuidedSampler(_GuidedEstimatorMixin, BaseEstimator):
         if self.memory_size is None:
             return 100 if self.population == "sequential" else 0
         return int(self.memory_size)
-
-    def _update_memory(self, memory, feats, sequential):
-        size = self._memory_size()
-        if size == 0:
-            return None
-        memory = feats if memory is None else torch.cat([memory, feats], 0)
-        if sequential:
-            if memory.shape[0] >= size:  # the authors' reset: keep only the newest sample
-                memory = memory[-1:]
-            return memory
-        return memory[-size:]  # sliding window
 
     # ------------------------------------------------------------------ convenience
     def score(self, X, y=None, prompts=None):

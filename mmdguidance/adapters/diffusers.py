@@ -372,13 +372,6 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
         self.memory_ = None
         return self
 
-    def _push_memory(self, memory, feats):
-        size = int(self.memory_size)
-        if size == 0:
-            return None
-        memory = feats if memory is None else torch.cat([memory, feats], 0)
-        return memory[-size:]  # sliding window
-
     # ------------------------------------------------------------------ sample
     def sample(
         self,
@@ -514,7 +507,7 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
             feats = lat.reshape(lat.shape[0], -1).float()  # (b, D)
             if cb is not None:
                 feats = torch.cat([feats, cb], 1)
-            memory = self._push_memory(memory, feats)
+            memory = self._update_memory(memory, feats)
         guidance.warn_if_guarded()
         self.memory_ = memory
         self.latents_ = torch.cat(latents, 0)
