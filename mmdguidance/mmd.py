@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._utils import (
@@ -45,12 +45,12 @@ from ._utils import (
     logger,
     match_tensor,
 )
+from .discrepancy import TERMS, Discrepancy
 from .kernels import GaussianKernel, Kernel
 
 __all__ = ["MMD", "PermutationTestResult", "mmd2", "mmd2_gradient"]
 
 ESTIMATORS = ("biased", "unbiased")
-TERMS = ("full", "cross", "self")
 
 
 # --------------------------------------------------------------------------- tensor core
@@ -186,7 +186,7 @@ class PermutationTestResult:
     null_distribution: np.ndarray
 
 
-class MMD(BaseEstimator):
+class MMD(Discrepancy):
     r"""MMD² to a fixed, weighted reference set, with closed-form gradients.
 
     Parameters
@@ -215,6 +215,8 @@ class MMD(BaseEstimator):
     >>> est = MMD().fit(rng.normal(size=(50, 2)))
     >>> g = est.gradient(rng.normal(size=(8, 2)) + 3.0)   # (8, 2); step x -= lr * g
     """
+
+    supported_terms = TERMS
 
     def __init__(self, *, kernel=None, estimator="biased"):
         self.kernel = kernel
@@ -256,21 +258,29 @@ class MMD(BaseEstimator):
         self.weights_ = w
         self.ref_term_ = float(_ref_term(self.kernel_, Y, w, self.estimator))
         self.n_features_in_ = int(Y.shape[1])
-        self._cache = {}
+        self.__dict__.pop("_refs_cache", None)
         return self
 
     # ------------------------------------------------------------------ helpers
     def _refs_like(self, Xt: torch.Tensor):
         """References and weights in ``Xt``'s dtype (cached per dtype); device must match."""
-        key = (Xt.dtype, Xt.device)
-        if key not in self._cache:
-            if Xt.device != self.reference_.device:
-                raise ValueError(
-                    f"X is on {Xt.device} but the references were fitted on {self.reference_.device}; "
-                    "move X or refit on that device"
-                )
-            self._cache[key] = (self.reference_.to(Xt.dtype), self.weights_.to(Xt.dtype))
-        return self._cache[key]
+        return self.references(Xt)
+
+    # ------------------------------------------------------------------ fast paths (Discrepancy)
+    def value_tensor(self, Z, *, references=None, memory=None):
+        """Biased/unbiased MMD² of ``Z`` ``(B, D)`` (plus ``memory``) as a 0-d tensor; no validation."""
+        Zall = Z if memory is None else torch.cat([Z, memory], 0)  # (B + M, D)
+        if references is None:
+            Y, w = self.references(Z)
+            ref = torch.as_tensor(self.ref_term_, dtype=Z.dtype, device=Z.device)
+        else:
+            (Y, w), ref = references, None
+        return _mmd2(self.kernel_, Zall, Y, w, self.estimator, ref_term=ref)
+
+    def grad_tensor(self, Z, *, references=None, memory=None, terms="full"):
+        """Closed-form gradient of MMD² for every row of ``Z`` ``(B, D)``; no validation."""
+        Y, w = self.references(Z) if references is None else references
+        return _mmd2_grad(self.kernel_, Z, Y, w, memory, terms, self.estimator)
 
     def _check_X(self, X, name="X", min_samples=1):
         check_is_fitted(self, "reference_")

@@ -266,3 +266,27 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_discrepancy_fast_paths_match_validated_api():
+    """value_tensor / grad_tensor (no validation) agree with score / gradient, and a references override
+    equals an estimator fitted on those references (fixed bandwidth, so the kernel is the same)."""
+    from mmdguidance.discrepancy import Discrepancy
+
+    g = torch.Generator().manual_seed(0)
+    Y = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    X = torch.randn(7, 3, generator=g, dtype=torch.float64) + 1.0
+    M = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for est in ("biased", "unbiased"):
+        m = MMD(kernel=GaussianKernel(bandwidth=1.3), estimator=est).fit(Y)
+        assert isinstance(m, Discrepancy)
+        torch.testing.assert_close(m.value_tensor(X, memory=M), m.score(X, memory=M), rtol=1e-12, atol=1e-14)
+        for terms in ("full", "cross", "self"):
+            torch.testing.assert_close(m.grad_tensor(X, memory=M, terms=terms), m.gradient(X, terms=terms, memory=M))
+        Y2 = Y * 0.5 + 0.1
+        w2 = torch.full((30,), 1 / 30, dtype=torch.float64)
+        m2 = MMD(kernel=GaussianKernel(bandwidth=1.3), estimator=est).fit(Y2)
+        torch.testing.assert_close(m.value_tensor(X, references=(Y2, w2)), m2.score(X))
+        torch.testing.assert_close(m.grad_tensor(X, references=(Y2, w2)), m2.gradient(X))
+    with pytest.raises(ValueError, match="terms"):
+        m.check_terms("bogus")
