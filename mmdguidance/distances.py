@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BLOCK_ELEMENTS", "centred_sq_dists", "sq_dists", "work_dtype"]
+__all__ = ["BLOCK_ELEMENTS", "MAX_DENSE_ELEMENTS", "centred_sq_dists", "check_dense_size", "sq_dists", "work_dtype"]
 
 #: Target number of elements of one ``(rows, m)`` block in every chunked pairwise loop.
 BLOCK_ELEMENTS = 2**22
@@ -102,3 +102,22 @@ def sq_dists(X: torch.Tensor, Y: torch.Tensor | None = None, *, dtype: torch.dty
     """
     _, _, d2 = centred_sq_dists(X, X if Y is None else Y)
     return d2.to(X.dtype if dtype is None else dtype)
+
+
+#: Largest dense pairwise matrix (elements) the metrics and the permutation test build at once
+#: (``2**27`` float64 elements = 1 GiB). Above it they raise a ``ValueError`` naming the limit
+#: and an alternative, instead of running out of memory. Module-level so it can be raised.
+MAX_DENSE_ELEMENTS = 2**27
+
+
+def check_dense_size(n: int, m: int, *, func: str, alternative: str) -> None:
+    """Raise ``ValueError`` if an ``(n, m)`` dense matrix exceeds :data:`MAX_DENSE_ELEMENTS`.
+
+    The message states the size, the limit (and how to raise it) and ``alternative``.
+    """
+    if n * m > MAX_DENSE_ELEMENTS:
+        raise ValueError(
+            f"{func}: needs a dense {n} x {m} matrix ({n * m:,} elements, {8 * n * m / 2**30:.1f} GiB in float64), "
+            f"above the limit of {MAX_DENSE_ELEMENTS:,} elements (mmdguidance.distances.MAX_DENSE_ELEMENTS); "
+            f"{alternative}"
+        )
