@@ -8,8 +8,12 @@ PRDC radii and ball tests) comes from :func:`centred_sq_dists`, which guarantees
   promoted for the computation, so their results agree with a float64 evaluation of the same
   (rounded) inputs up to the final rounding to the input dtype;
 * **centring per pair of sets** -- both sets are shifted by
-  :math:`c = \tfrac12(\bar x + \bar y)` (the means of the two blocks at hand), which keeps the
-  expansion :math:`\|a\|^2 + \|b\|^2 - 2a^\top b` accurate for data far from the origin;
+  :math:`c = \tfrac12(\bar x + \bar y)` (the means of the two blocks at hand) when the centre
+  is farther from the origin than the data's spread around it
+  (:math:`\|c\|^2 > \tfrac12(\overline{\|x - c\|^2} + \overline{\|y - c\|^2})`), which keeps the
+  expansion :math:`\|a\|^2 + \|b\|^2 - 2a^\top b` accurate for data far from the origin; otherwise
+  (data around the origin, or an outlier dragging the mean) the data are used as they are, since
+  shifting would round every row to the precision of :math:`\|c\|`;
 * **exact small distances** -- an entry whose expansion is below
   :math:`\tau(\|a\|^2 + \|b\|^2)` with :math:`\tau = 2^{-26}` (where the expansion's round-off
   :math:`\approx \epsilon_{64}(\|a\|^2+\|b\|^2)` would exceed :math:`\sqrt{\epsilon_{64}}` of the
@@ -64,7 +68,8 @@ def centred_sq_dists(X: torch.Tensor, Y: torch.Tensor):
     Returns
     -------
     Xc : tensor of shape (n, d), float64
-        :math:`x_i - c`, with :math:`c = \tfrac12(\bar x + \bar y)` (detached).
+        :math:`x_i - c`, with :math:`c = \tfrac12(\bar x + \bar y)` or 0 (detached; see the
+        module docstring).
     Yc : tensor of shape (m, d), float64
         :math:`y_j - c`.
     d2 : tensor of shape (n, m), float64
@@ -75,9 +80,14 @@ def centred_sq_dists(X: torch.Tensor, Y: torch.Tensor):
     """
     wd = work_dtype(X.dtype)
     X64, Y64 = X.to(wd), Y.to(wd)  # (n, d), (m, d)
-    with torch.no_grad():
-        c = 0.5 * (X64.mean(0, keepdim=True) + Y64.mean(0, keepdim=True)) if X.shape[0] and Y.shape[0] else 0.0
-    Xc, Yc = X64 - c, Y64 - c
+    Xc, Yc = X64, Y64
+    if X.shape[0] and Y.shape[0]:
+        with torch.no_grad():
+            c = 0.5 * (X64.mean(0, keepdim=True) + Y64.mean(0, keepdim=True))  # (1, d)
+            spread = 0.5 * ((X64 - c).square().sum(1).mean() + (Y64 - c).square().sum(1).mean())
+            use = bool(c.square().sum() > spread)  # far from the origin relative to the spread
+        if use:
+            Xc, Yc = X64 - c, Y64 - c
     xn = Xc.square().sum(1)  # (n,)
     yn = Yc.square().sum(1)  # (m,)
     d2 = torch.addmm(yn[None, :], Xc, Yc.T, beta=1.0, alpha=-2.0) + xn[:, None]  # (n, m)

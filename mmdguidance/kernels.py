@@ -94,6 +94,8 @@ def median_heuristic(Y, *, max_points: int = _MEDIAN_MAX_POINTS, random_state: i
     """
     if isinstance(Y, torch.Tensor) and Y.is_complex() or isinstance(Y, np.ndarray) and np.iscomplexobj(Y):
         raise TypeError("median_heuristic: complex data is not supported; pass real samples")
+    if isinstance(Y, torch.Tensor) and not Y.is_floating_point():
+        Y = Y.detach().to(torch.float64)  # integers straight to float64, not through float32
     t = as_tensor(Y).detach()
     if t.ndim != 2 or t.shape[0] < 2:
         raise ValueError(
