@@ -58,7 +58,7 @@ _MEDIAN_MAX_POINTS = 1000
 def pairwise_sq_dists(X: torch.Tensor, Y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Squared Euclidean distances :math:`\|x_i - y_j\|^2`, shape ``(n, m)``, in ``X``'s dtype.
 
-    An alias of :func:`mmdguidance.distances.sq_dists` (float64 work precision, centring per
+    An alias of :func:`mmdguidance.distances.sq_dists` (float64 work precision where cheap, centring per
     pair of sets, exact 0 for identical rows, clamped to >= 0).
     """
     return sq_dists(X, Y)
@@ -96,7 +96,7 @@ def median_heuristic(Y, *, max_points: int = _MEDIAN_MAX_POINTS, random_state: i
         raise TypeError("median_heuristic: complex data is not supported; pass real samples")
     if isinstance(Y, torch.Tensor) and not Y.is_floating_point():
         Y = Y.detach().to(torch.float64)  # integers straight to float64, not through float32
-    t = as_tensor(Y).detach()
+    t = as_tensor(Y).detach().to(torch.float64)  # float64 work whatever the size (fit time only)
     if t.ndim != 2 or t.shape[0] < 2:
         raise ValueError(
             f"the median heuristic needs at least 2 samples in a 2-D array, got shape {tuple(t.shape)} "
@@ -390,19 +390,19 @@ class GaussianKernel(Kernel):
     def _fit(self, Y):
         self.bandwidth_ = _resolve_bandwidth(self.bandwidth, self.multipliers, Y)
 
-    def _inv2s2(self):
-        return torch.as_tensor(1.0 / (2.0 * self.bandwidth_**2), dtype=torch.float64)  # (S,)
+    def _inv2s2(self, like):
+        return torch.as_tensor(1.0 / (2.0 * self.bandwidth_**2), dtype=like.dtype, device=like.device)  # (S,)
 
     def _gram_block(self, X, Y):
         _, _, d2 = centred_sq_dists(X, Y)  # (n, m) float64, exact 0 on identical rows
-        c = self._inv2s2().to(d2.device)
+        c = self._inv2s2(d2)
         if c.numel() == 1:
             return torch.exp(-c[0] * d2).to(X.dtype)
         return torch.exp(-d2[None] * c[:, None, None]).sum(0).to(X.dtype)
 
     def _grad_block(self, X, Y, W):
         Xc, Yc, d2 = centred_sq_dists(X, Y)  # float64: (b, d), (m, d), (b, m)
-        c = self._inv2s2().to(d2.device)  # 1/(2 s^2)
+        c = self._inv2s2(d2)  # 1/(2 s^2)
         if c.numel() == 1:
             G = torch.exp(-c[0] * d2).mul_(2.0 * c[0])  # k / s^2
         else:

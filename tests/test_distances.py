@@ -111,3 +111,23 @@ def test_dense_size_check_states_limit_and_alternative(monkeypatch):
     check_dense_size(10, 10, func="f", alternative="do x")
     with pytest.raises(ValueError, match=r"f: needs a dense 11 x 10 matrix .*limit of 100 elements.*MAX_DENSE_ELEMENTS.*do x"):
         check_dense_size(11, 10, func="f", alternative="do x")
+
+
+def test_large_low_precision_problems_run_in_float32_and_stay_accurate(monkeypatch):
+    """Above FLOAT64_MAX_WORK multiply-adds float32 input is computed in float32 (speed), with the
+    same centring and exact small distances: duplicates 0, two far clusters within the stated bound."""
+    monkeypatch.setattr(distances, "FLOAT64_MAX_WORK", 0)
+    assert distances.work_dtype(torch.float32, 1) == torch.float32
+    assert distances.work_dtype(torch.float64, 1) == torch.float64
+    X32 = _two_clusters(n=50, d=3, R=1000.0, seed=4).float()
+    X32 = torch.cat([X32, X32[:5]])
+    D = sq_dists(X32)
+    ref = _exact(X32, X32)
+    assert bool((D[ref == 0] == 0).all())
+    rel = ((D.double() - ref).abs() / ref.clamp_min(1e-300))[ref > 0]
+    assert float(rel.max()) < 8e-6 * np.sqrt(3)
+    k = GaussianKernel(bandwidth=1.0).fit(X32)
+    torch.testing.assert_close(torch.diagonal(k.gram(X32)), k.diag(X32), rtol=0, atol=0)
+    g32 = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(X32[:40]).gradient(X32[40:])
+    g64 = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(X32[:40].double()).gradient(X32[40:].double())
+    assert float((g32.double() - g64).norm() / g64.norm()) < 1e-3
