@@ -499,3 +499,32 @@ def test_a_model_emitting_nan_raises_naming_the_model(setup):
 
     with pytest.raises(FloatingPointError, match="Broken.predict_eps"):
         MMDGuidedSampler(Broken(), num_steps=5).fit(refs).sample(4, random_state=0)
+
+
+# ------------------------------------------------------------------ step rules and guards (property tests)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+from mmdguidance.step_rules import STEP_RULES, guard_update, sanitize_gradient, step_rule  # noqa: E402
+
+_finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+_anyfloat = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(x=arrays(np.float64, (5, 3), elements=_finite), g=arrays(np.float64, (5, 3), elements=_anyfloat),
+       lam=st.floats(0, 1e300), rule=st.sampled_from(STEP_RULES), ratio=st.floats(1e-3, 10))
+def test_guarded_update_is_finite_capped_and_descends(x, g, lam, rule, ratio):
+    """Whatever the gradient (NaN/inf rows included) and the scale: finite output, ||delta|| <= cap, delta . g <= 0."""
+    xt, gt = torch.as_tensor(x), torch.as_tensor(g)
+    gs, n_bad = sanitize_gradient(gt)
+    with np.errstate(all="ignore"):
+        assert n_bad == int((~np.isfinite(np.linalg.norm(g, axis=1))).sum()) and torch.isfinite(gs).all()
+    with np.errstate(all="ignore"):
+        new, info = guard_update(xt, step_rule(xt, gs, lam, rule), gs, ratio)
+    assert torch.isfinite(new).all()
+    d = new - xt
+    cap = ratio * torch.clamp(xt.norm(dim=1), min=math.sqrt(3))
+    assert (d.norm(dim=1) <= cap * (1 + 1e-9) + 1e-300).all()
+    assert ((d * gs).sum(1) <= 1e-9 * d.norm(dim=1) * gs.norm(dim=1) + 1e-300).all()
