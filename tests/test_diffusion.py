@@ -296,3 +296,19 @@ def test_mlp_denoiser_warns_when_training_diverges():
     X = np.random.default_rng(0).normal(size=(64, 2)) * 1e30
     with pytest.warns(RuntimeWarning, match="diverged"):
         net.fit(X, epochs=2, batch_size=32, lr=1e30, random_state=0)
+
+
+def test_heun_corrector_carries_the_pre_hook_shift():
+    """A pre_hook adding a constant shift c to eps equals Heun on the model eps + c (corrector included)."""
+    den = GMMDenoiser(mixture=ring())
+    c = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+
+    class Shifted:
+        schedule, dim = den.schedule, den.dim
+
+        def predict_eps(self, x, t, cond=None):
+            return den.predict_eps(x, t) + c
+
+    a = sample(Shifted(), n=8, sampler="heun", num_steps=8, generator=0)
+    b = sample(den, n=8, sampler="heun", num_steps=8, generator=0, pre_hook=lambda info: info.eps + c)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
