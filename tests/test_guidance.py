@@ -512,7 +512,7 @@ _finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 _anyfloat = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(x=arrays(np.float64, (5, 3), elements=_finite), g=arrays(np.float64, (5, 3), elements=_anyfloat),
        lam=st.floats(0, 1e300), rule=st.sampled_from(STEP_RULES), ratio=st.floats(1e-3, 10))
 def test_guarded_update_is_finite_capped_and_descends(x, g, lam, rule, ratio):
