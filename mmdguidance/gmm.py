@@ -44,7 +44,7 @@ import torch
 from scipy.linalg import solve_triangular
 
 from ._utils import ArrayLike, as_tensor, check_array_2d, from_tensor, logger
-from .distances import sq_dists
+from .distances import BLOCK_ELEMENTS, sq_dists
 from .kernels import parse_bandwidth
 
 __all__ = [
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: Target number of elements of one temporary block (rows x columns) in row-chunked loops.
-_BLOCK_ELEMENTS = 2**22
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 #: Relative tolerance below which a negative MMD^2 is treated as round-off and clipped to 0.
 _CLIP_RTOL = 1e-12
