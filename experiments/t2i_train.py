@@ -250,6 +250,24 @@ def _train_and_evaluate(cfg: dict, config: str, seed: int, save_dir: Path):
     pipe = P.assemble(vae=vae, unet=unet, text_encoder=te, tokenizer=tok, scheduler=P.scheduler("ddim"))
     nbytes = save_pipeline(pipe, save_dir)
     pipe = load_pipeline(save_dir)
+    n_params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in ("vae", "unet", "text_encoder")}
+    res = {
+        "config": config, "settings": cfg, "seed": seed, "torch_threads": cfg["threads"],
+        "train_seconds": {"vae": t_vae, "total": t_total}, "saved_to": str(save_dir), "saved_bytes": nbytes,
+        "n_params": n_params, "scaling_factor": float(pipe.vae.config.scaling_factor), "held_out": list(HELD_OUT),
+        **evaluate(pipe, cfg, config, seed),
+        "final_losses": {"vae": float(np.mean(vae_losses[-50:])), "unet": float(np.mean(unet_losses[-200:]))},
+        "loss_curves": {"vae": vae_losses[:: max(1, len(vae_losses) // 200)],
+                        "unet": unet_losses[:: max(1, len(unet_losses) // 200)]},
+    }
+    logger.info("t2i_train: %.0f s, VAE recon %s, generation %s", t_total, res["vae_reconstruction_accuracy"],
+                res["generation_prompt_match"])
+    return res, pipe
+
+
+def evaluate(pipe, cfg: dict, config: str, seed: int) -> dict:
+    """Read-out accuracy on clean renders and VAE reconstructions (seed + 100); prompt match of generated images
+    at several CFG scales (seed + 200) and on the never-seen blue triangles (seed + 300)."""
     n_rec = 1000 if config == "full" else 8
     rec_imgs, rec_attrs = D.make_dataset(n_rec, random_state=seed + 100)
     rec = decode(pipe.vae, encode(pipe.vae, rec_imgs)[0] * pipe.vae.config.scaling_factor)
@@ -257,20 +275,19 @@ def _train_and_evaluate(cfg: dict, config: str, seed: int, save_dir: Path):
            for s in (1.0, 2.0, 4.0, 7.5)}
     gen["held_out_blue_triangle_cfg_4"] = prompt_match(pipe, cfg["n_eval"], steps=cfg["eval_steps"], cfg_scale=4.0,
                                                        seed=seed + 300, exclude=(), colour="blue", shape="triangle")
-    n_params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in ("vae", "unet", "text_encoder")}
-    res = {
-        "config": config, "settings": cfg, "seed": seed, "torch_threads": cfg["threads"],
-        "train_seconds": {"vae": t_vae, "total": t_total}, "saved_to": str(save_dir), "saved_bytes": nbytes,
-        "n_params": n_params, "scaling_factor": float(pipe.vae.config.scaling_factor), "held_out": list(HELD_OUT),
-        "vae_reconstruction_accuracy": attribute_accuracy(rec, rec_attrs),
-        "clean_render_accuracy": attribute_accuracy(rec_imgs, rec_attrs),
-        "generation_prompt_match": gen,
-        "final_losses": {"vae": float(np.mean(vae_losses[-50:])), "unet": float(np.mean(unet_losses[-200:]))},
-        "loss_curves": {"vae": vae_losses[:: max(1, len(vae_losses) // 200)],
-                        "unet": unet_losses[:: max(1, len(unet_losses) // 200)]},
-    }
-    logger.info("t2i_train: %.0f s, VAE recon %s, generation %s", t_total, res["vae_reconstruction_accuracy"], gen)
-    return res, pipe
+    return {"vae_reconstruction_accuracy": attribute_accuracy(rec, rec_attrs),
+            "clean_render_accuracy": attribute_accuracy(rec_imgs, rec_attrs), "generation_prompt_match": gen}
+
+
+def reevaluate(out_dir="paper_figures", pipeline_dir=ASSET_DIR) -> dict:
+    """Recompute :func:`evaluate` on the saved pipeline (e.g. after a scorer change) and update the JSON."""
+    import json
+
+    path = Path(out_dir) / f"{NAME}.json"
+    res = json.loads(path.read_text())
+    res.update(evaluate(load_pipeline(pipeline_dir), res["settings"], res["config"], int(res["seed"])))
+    save_json(res, out_dir, NAME)
+    return res
 
 
 if __name__ == "__main__":
@@ -282,6 +299,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="paper_figures")
     ap.add_argument("--save", default=None, help="pipeline folder (default assets/shapes-ldm for the full config)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluate-only", action="store_true", help="re-score the saved pipeline, update the JSON")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run("fast" if a.fast else "full", out_dir=a.out, random_state=a.seed, save_dir=a.save)
+    if a.evaluate_only:
+        reevaluate(a.out, a.save or ASSET_DIR)
+    else:
+        run("fast" if a.fast else "full", out_dir=a.out, random_state=a.seed, save_dir=a.save)

@@ -7,7 +7,7 @@ r"""Exact analytic read-out of the shapes attributes from pixels, and the featur
 * **colour** = the prototype nearest (Euclidean, RGB) to the mean foreground colour;
 * **shape** = triangle if the share of the component's area in the lower half of its bounding box
   exceeds 0.62 (apex-up triangle: 3/4; circle and square: 1/2), else square if the *extent*
-  :math:`A / (w h)` (area over bounding-box area; square 1, circle :math:`\pi/4`) exceeds 0.95, else circle;
+  :math:`A / (w h)` (area over bounding-box area; square 1, circle :math:`\pi/4`) exceeds 0.92, else circle;
 * **size** = :math:`\sqrt{w h}` of the bounding box (about ``2s``: small 9-12, large 18-24); threshold 15;
 * **background** = grey pixels at distance > 2 px from the foreground: standard deviation < 5 is
   plain; otherwise the share of the variance explained by row means (horizontal stripes: 1,
@@ -28,7 +28,7 @@ __all__ = ["read_attributes", "descriptors", "features", "check_images", "attrib
 
 SAT_THRESHOLD = 90.0
 BOTTOM_SHARE = 0.62  # triangle above
-EXTENT_THRESHOLD = 0.95  # square above, circle below
+EXTENT_THRESHOLD = 0.92  # square above, circle below
 SIZE_THRESHOLD = 15.0
 PLAIN_STD = 5.0
 STRIPE_SHARE = 0.6
