@@ -193,7 +193,7 @@ def prompt_match(pipe, n: int, *, steps: int, cfg_scale: float, seed: int, exclu
     return attribute_accuracy(np.round(imgs * 255).astype(np.uint8), attrs)
 
 
-def _figure(pipe, cfg: dict, losses: dict, seed: int):
+def _figure(pipe, cfg: dict, seed: int):
     import matplotlib.pyplot as plt
 
     prompts = ["a small red circle on a plain background", "a large green square on a striped background",
@@ -233,7 +233,7 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0, sa
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(determ)
-    save_figure(_figure(pipe, cfg, res["loss_curves"], int(random_state) + 400), out_dir, NAME)
+    save_figure(_figure(pipe, cfg, int(random_state) + 400), out_dir, NAME)
     save_json(res, out_dir, NAME)
     return res
 
