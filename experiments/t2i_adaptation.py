@@ -28,6 +28,7 @@ to ``none`` with 95% t-intervals over the held-out seeds.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ NAME = "t2i_adaptation"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 9: 2.262}
 CONFIGS = {
     "full": dict(n=16, n_refs=32, steps=15, cfg=4.0, scales=(0.1, 0.2, 0.4), dev_seeds=(100,),
-                 test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "dpm++"), n_target=500,
+                 test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc"), n_target=500,
                  methods=("none", "mmd_xt", "mmd_x0", "memory", "sequential"), small_batch_schedulers=("ddim",)),
     "fast": dict(n=4, n_refs=4, steps=2, cfg=4.0, scales=(0.2,), dev_seeds=(100,), test_seeds=(0, 1),
                  schedulers=("ddim",), n_target=16, methods=("none", "mmd_xt", "memory"), small_batch_schedulers=("ddim",)),
@@ -134,7 +135,8 @@ def generate(pipe, spec: dict, refs, method: str, scale: float, seed: int, cfg: 
     prompts = _halves(spec["prompts"], n)
     lat = torch.randn((n, 4, 8, 8), generator=torch.Generator().manual_seed(seed))  # (n, 4, 8, 8)
     kw, bs = method_settings(method)
-    call = dict(num_inference_steps=cfg["steps"], guidance_scale=cfg["cfg"], output_type="np")
+    call = dict(num_inference_steps=cfg["steps"], guidance_scale=cfg["cfg"], output_type="np",
+                generator=torch.Generator().manual_seed(seed + 1))  # the step noise of ancestral schedulers
     if kw is None:
         with torch.no_grad():
             out = pipe(prompts, latents=lat, **call).images
@@ -220,11 +222,27 @@ def held_out(tasks: dict, best: dict, cfg: dict, path) -> dict:
     return {"runs": runs, "summary": summary}
 
 
+def extend(schedulers, out_dir="paper_figures", pipeline_dir=ASSET_DIR) -> dict:
+    """Add held-out runs for more ``schedulers`` to ``<out_dir>/t2i_adaptation.json`` with its chosen scales (what a
+    full run with those schedulers in its config computes for them); rewrites the JSON and the bar figure."""
+    import json
+
+    res = json.loads((Path(out_dir) / f"{NAME}.json").read_text())
+    cfg = dict(CONFIGS[res["config"]], test_seeds=tuple(res["settings"]["test_seeds"]), schedulers=tuple(schedulers))
+    more = held_out(_setup(cfg), res["best_scale"], cfg, pipeline_dir)
+    for k in ("runs", "summary"):
+        res[k].update(more[k])
+    res["settings"]["schedulers"] = list(res["summary"])
+    save_figure(_bar_figure(res["summary"], dict(cfg, schedulers=list(res["summary"]))), out_dir, NAME)
+    save_json(res, out_dir, NAME)
+    return res
+
+
 def _bar_figure(summary: dict, cfg: dict, metric: str = "target_error"):
     import matplotlib.pyplot as plt
 
     scheds = list(summary)
-    fig, axes = plt.subplots(1, len(scheds), figsize=(5.5 * len(scheds), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(scheds), figsize=(4.2 * len(scheds), 3.2), squeeze=False)
     for ax, sched in zip(axes[0], scheds):
         tasks = list(summary[sched])
         w = 0.8 / len(cfg["methods"])
@@ -281,7 +299,7 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0, pi
     return res
 
 
-def markdown_tables(res: dict, metrics=("target_error", "prompt_fidelity", "kd", "coverage")) -> str:
+def markdown_tables(res: dict, metrics=("target_error", "prompt_fidelity", "kd", "coverage"), schedulers=None) -> str:
     """The held-out tables of docs/t2i.md: per scheduler, task x method, ``mean (diff vs none [95% CI])``.
 
     ``python -c "import json; from experiments.t2i_adaptation import markdown_tables as m;
@@ -289,6 +307,8 @@ def markdown_tables(res: dict, metrics=("target_error", "prompt_fidelity", "kd",
     """
     lines = []
     for sched, tasks in res["summary"].items():
+        if schedulers is not None and sched not in schedulers:
+            continue
         for metric in metrics:
             methods = list(next(iter(tasks.values())))
             lines += [f"\n{sched}, {metric}:\n", "| task | " + " | ".join(methods) + " |",
