@@ -215,6 +215,19 @@ def score(ratios: dict) -> float:
     return float(np.exp(np.mean(np.log(np.asarray(list(ratios.values()), float)))))
 
 
+def run_parallel(func, jobs) -> list:
+    """``[func(j) for j in jobs]``, in ``MMDG_WORKERS`` processes (default 1: in this process)."""
+    import os
+
+    workers = int(os.environ.get("MMDG_WORKERS", "1"))
+    if workers <= 1:
+        return [func(j) for j in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(func, jobs, chunksize=1))
+
+
 def paired_ci(a, b) -> list[float]:
     """Mean of ``a - b`` over paired seeds and its 95% t-interval ``[mean, lo, hi]``."""
     from scipy import stats
