@@ -238,3 +238,43 @@ def paired_ci(a, b) -> list[float]:
         return [m, m, m]
     h = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
     return [m, m - h, m + h]
+
+
+# --------------------------------------------------------------------------- doc tables from the committed JSONs
+def _load(out_dir, name):
+    import json
+    from pathlib import Path
+
+    p = Path(out_dir) / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def dev_tables(out_dir) -> dict:
+    """Markdown of the dev-set choices (``bench_oracle_floor``, ``bench_defaults``, ``bench_tune_baselines``) from their JSONs."""
+    out = {}
+    fl = _load(out_dir, "bench_oracle_floor")
+    if fl:
+        keys = list(next(iter(fl["results"].values())))
+        lines = ["| setting (model evals) | " + " | ".join(keys) + " |", "|" + "---|" * (1 + len(keys))]
+        for s, by in fl["results"].items():
+            cells = [f"{by[k]['ratio']:.2f}" if k in by else "–" for k in keys]
+            lines.append(f"| {s} ({fl['costs'][s]}) | " + " | ".join(cells) + " |")
+        out["floor"] = "\n".join(lines)
+    de = _load(out_dir, "bench_defaults")
+    if de:
+        keys = list(de["none_mean"])
+        lines = ["| candidate @ scale | score | " + " | ".join(keys) + " | max far |", "|" + "---|" * (3 + len(keys))]
+        for c, r in de["ranking"].items():
+            b = "**" if c == de["winner"] else ""
+            lines.append(f"| {b}{c}{b} | {b}{r['score']:.3g}{b} | " + " | ".join(f"{r['ratios'][k]:.3g}" for k in keys)
+                         + f" | {r['max_far']:.3f} |")
+        lines.append("| no guidance: mean exact MMD² | 1 | " + " | ".join(f"({de['none_mean'][k]:.3g})" for k in keys) + " | |")
+        out["defaults"] = "\n".join(lines)
+    tb = _load(out_dir, "bench_tune_baselines")
+    if tb:
+        keys = list(tb["none_mean"])
+        lines = ["| method @ scale | score | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
+        for c, r in tb["ranking"].items():
+            lines.append(f"| {c} | {r['score']:.3g} | " + " | ".join(f"{r['ratios'][k]:.3g}" for k in keys) + " |")
+        out["baselines"] = "\n".join(lines)
+    return out

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ._benchmark import sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 from ._protocol import (
     HELD_OUT_SEEDS,
     dev_scenarios,
+    dev_tables,
     evaluate,
     fit_baseline,
     held_out_scenarios,
@@ -56,27 +58,49 @@ def chosen_settings(out_dir) -> dict:
     return out
 
 
+def _tag(m: str, settings: dict) -> str:
+    if m == "mmd":
+        return f"mmd_{settings['mmd'][0].replace('/', '-')}_{settings['mmd'][1]}"
+    return f"{m}_{settings[m]}" if m in ("classifier", "doob_matching") else m
+
+
+def _one(m, sc, refs, seed, n, sampling, settings):
+    if m in ("none", "oracle"):
+        return sample_method(m, sc, refs, seed, sampling=sampling, n=n)
+    if m == "mmd":
+        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs(*settings["mmd"], refs))
+    if m == "mmd_old":
+        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs("median/batch", 0.2, refs))
+    g = fit_baseline(m, sc, refs, seed)
+    g.scale = float(settings[m])
+    return sample_method("guided", sc, refs, seed, sampling=sampling, n=n, fitted=g)
+
+
 def _job(args):
-    """All methods on one (scenario, seed): ``((key, seed), {method: metrics})`` (worker process)."""
+    """All methods on one (scenario, seed): ``((key, seed), {method: metrics})`` (worker process).
+
+    With ``MMDG_CACHE`` set to a folder, each (scenario, seed, N, n, method, setting) result is stored
+    there and reused (lets the method-independent arms run while the dev sweep is still choosing).
+    """
+    import os
+
     import torch
 
     torch.set_num_threads(1)
     key, seed, n, N, sampling, settings, methods, full = args
     sc = {**held_out_scenarios(), **dev_scenarios()}[key]
     refs = references(sc, seed, N)
+    cache = os.environ.get("MMDG_CACHE")
     out = {}
     for m in methods:
-        if m in ("none", "oracle"):
-            X = sample_method(m, sc, refs, seed, sampling=sampling, n=n)
-        elif m == "mmd":
-            X = sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs(*settings["mmd"], refs))
-        elif m == "mmd_old":
-            X = sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs("median/batch", 0.2, refs))
-        else:
-            g = fit_baseline(m, sc, refs, seed)
-            g.scale = float(settings[m])
-            X = sample_method("guided", sc, refs, seed, sampling=sampling, n=n, fitted=g)
-        out[m] = evaluate(X, sc, full=full)
+        path = Path(cache) / f"{key}_{seed}_{N}_{n}_{sampling['num_steps']}_{int(full)}_{_tag(m, settings)}.json" if cache else None
+        if path is not None and path.exists():
+            out[m] = json.loads(path.read_text())
+            continue
+        out[m] = evaluate(_one(m, sc, refs, seed, n, sampling, settings), sc, full=full)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out[m]))
     return (key, seed), out
 
 
@@ -118,7 +142,9 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0) ->
     out = {"name": "bench_heldout", "config": config, "sampling": sampling, "seeds": seeds, "n": n, "settings": settings, "methods": list(methods),
            "floors": {k: iid_floor(scen[k], n) for k in keys}, "results": table, "d256_check": check,
            "reweight_bias": bias}
+    out["table_md"] = markdown(out)
     save_json(out, out_dir, "bench_heldout")
+    sync_doc_tables(out_dir, "bench_heldout", {"table": out["table_md"], **dev_tables(out_dir)})
     _plot(table, keys, methods, out["floors"], out_dir)
     return out
 
@@ -133,6 +159,25 @@ def _reweight_bias(scen, seeds, sampling, settings, n, fast) -> dict:
         out[str(N)] = {m: [res[(key, s)][m]["mode_weight_tv"] for s in seeds] for m in ("none", "mmd")}
     out["scenario"] = key
     return out
+
+
+COLUMNS = (("exact_mmd2", "MMD²"), ("sliced_w2", "sliced W₂"), ("w2", "W₂"), ("recall", "recall"),
+           ("mode_weight_tv", "mode TV"), ("frac_far", "far"))
+
+
+def markdown(out: dict) -> str:
+    """Held-out table: mean ± std per method, the i.i.d. floor per scenario, and the paired 95% interval of
+    (no guidance − new MMD default) for MMD² (positive: MMD guidance is better)."""
+    head = "| scenario (floor) | method | " + " | ".join(lbl for _, lbl in COLUMNS) + " | Δ MMD² vs new default [95% CI] |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for key, res in out["results"].items():
+        for m in out["methods"]:
+            summ = res["summary"][m]
+            cells = [f"{summ[k][0]:.3g} ± {summ[k][1]:.2g}" if k in summ else "–" for k, _ in COLUMNS]
+            ci = res["minus_mmd"].get(m, {}).get("exact_mmd2")
+            ci_s = f"{ci[0]:+.3g} [{ci[1]:+.3g}, {ci[2]:+.3g}]" if ci else "–"
+            lines.append(f"| {key} ({out['floors'][key]:.2g}) | {LABELS[m]} | " + " | ".join(cells) + f" | {ci_s} |")
+    return "\n".join(lines)
 
 
 def _plot(table, keys, methods, floors, out_dir):
