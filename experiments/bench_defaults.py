@@ -129,6 +129,7 @@ def _cross_term_diagnostics(scen, keys, seed) -> dict:
 def _plot(ranking: dict, scales, out_dir):
     use_agg()
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     keys = list(next(iter(ranking.values()))["ratios"])
     fig, axes = plt.subplots(1, len(CANDIDATES), figsize=(3.6 * len(CANDIDATES), 3.4), sharey=True)
@@ -138,6 +139,8 @@ def _plot(ranking: dict, scales, out_dir):
         ax.plot(scales, [ranking[f"{kname} @ {s}"]["score"] for s in scales], "k-", lw=2, label="geometric mean")
         ax.axhline(1.0, color="0.5", lw=0.8)
         ax.set_xscale("log"), ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(list(scales), [f"{s:g}" for s in scales], fontsize=7)
         ax.set_title(f"kernel/step rule: {kname}", fontsize=9)
         ax.set_xlabel("scale")
     np.atleast_1d(axes)[0].set_ylabel("exact MMD² / no guidance (dev)")

@@ -41,7 +41,7 @@ from .bench_defaults import SAMPLING, mmd_kwargs
 METHODS = ("none", "mmd", "mmd_old", "classifier", "doob_matching", "oracle")
 LABELS = {"none": "no guidance", "mmd": "MMD guidance (new default)", "mmd_old": "MMD guidance (old default)",
           "classifier": "classifier guidance", "doob_matching": "Doob's matching", "oracle": "Doob oracle"}
-FALLBACK = {"mmd": ("span/sample", 0.4), "classifier": 2.0, "doob_matching": 1.0}
+FALLBACK = {"mmd": ("span/sample", 0.1), "classifier": 2.0, "doob_matching": 1.0}
 
 
 def chosen_settings(out_dir) -> dict:
