@@ -159,7 +159,8 @@ def test_bench_tune_baselines_fast(tmp_path):
 def test_bench_heldout_fast(tmp_path):
     data = _run("bench_heldout", tmp_path)
     s = data["results"]["ho_grid9"]["summary"]
-    assert s["mmd"]["exact_mmd2"][0] < s["none"]["exact_mmd2"][0] / 3
+    # fast config: 20 DDPM steps give the scale-0.1 default a fifth of the benchmark's total push
+    assert s["mmd"]["exact_mmd2"][0] < 0.7 * s["none"]["exact_mmd2"][0]
     lo, hi = data["results"]["ho_grid9"]["minus_mmd"]["none"]["mode_weight_tv"][1:]
     assert lo <= hi
     assert data["floors"]["ho_grid9"] > 0
@@ -206,3 +207,16 @@ def test_chosen_default_fixes_the_two_mode_ring_failure():
     none = mmd2("none")
     assert mmd2("mmd", mmd_kwargs("median/batch", 0.2, refs)) > 0.8 * none
     assert mmd2("mmd", mmd_kwargs("span/sample", 0.1, refs)) < 0.1 * none
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["dev_ring8_two", "ho_grid9"])
+def test_oracle_sits_at_the_iid_floor_with_heun_50(key):
+    # the setting bench_oracle_floor chose (Heun, 50 steps = 99 model evaluations, the cost of DDPM-100): the exact
+    # Doob oracle's exact MMD^2 (n = 2000, 3 seeds) is within 1.5x of the i.i.d. floor (1 - E_QQ k)/n
+    from experiments._protocol import dev_scenarios, evaluate, held_out_scenarios, iid_floor, references, sample_method
+
+    sc = {**dev_scenarios(), **held_out_scenarios()}[key]
+    vals = [evaluate(sample_method("oracle", sc, references(sc, s), s, sampling=dict(sampler="heun", num_steps=50),
+                                   n=2000), sc, full=False)["exact_mmd2"] for s in (0, 1, 2)]
+    assert np.mean(vals) <= 1.5 * iid_floor(sc, 2000)
