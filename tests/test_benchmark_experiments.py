@@ -220,3 +220,13 @@ def test_oracle_sits_at_the_iid_floor_with_heun_50(key):
     vals = [evaluate(sample_method("oracle", sc, references(sc, s), s, sampling=dict(sampler="heun", num_steps=50),
                                    n=2000), sc, full=False)["exact_mmd2"] for s in (0, 1, 2)]
     assert np.mean(vals) <= 1.5 * iid_floor(sc, 2000)
+
+
+@pytest.mark.slow
+def test_bench_eval_point_fast(tmp_path):
+    data = _run("bench_eval_point", tmp_path)
+    assert set(data["best"]) == {"xt", "x0", "x0_jacobian", "noised_refs"}
+    for by_key in data["best"].values():
+        for b in by_key.values():
+            assert b["scale"] in data["scales"] and b["ratio"] > 0
+    assert "| evaluation point |" in data["table_md"]
