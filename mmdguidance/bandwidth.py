@@ -25,7 +25,7 @@ import torch
 from ._utils import check_array_2d, check_positive
 from .kernels import pairwise_sq_dists
 
-__all__ = ["nonzero_distances", "span_bandwidths", "median_ladder_bandwidths", "cross_term_ratio"]
+__all__ = ["nonzero_distances", "span_bandwidths", "median_ladder_bandwidths", "cross_term_ratio", "negligible_share"]
 
 #: distances below this fraction of the largest one count as exact duplicates (float64 round-off)
 _DUPLICATE_RTOL = 1e-6
@@ -148,6 +148,11 @@ def cross_term_ratio(X, Y, kernel, *, weights=None, threshold: float = 0.01) -> 
     Yt = check_array_2d(Y, name="Y", n_features=Xt.shape[1], dtype=Xt.dtype, owner="X")
     self_g = kernel.grad(Xt, Xt)  # (B, d): (1/B) sum_i' grad k(x_i, x_i'); times 2/B gives s_i
     cross_g = kernel.grad(Xt, Yt, weights)  # (B, d): sum_j w_j grad k(x_i, y_j); times 2/B gives c_i
-    s = torch.linalg.vector_norm(self_g, dim=1)  # (B,)
-    c = torch.linalg.vector_norm(cross_g, dim=1)  # (B,)
+    return negligible_share(cross_g, self_g, threshold)
+
+
+def negligible_share(cross, self_, threshold: float) -> float:
+    r"""Share of rows with :math:`\|c_i\| < \tau \|s_i\|` for per-sample cross / self gradients ``(B, d)`` (same scaling)."""
+    c = torch.linalg.vector_norm(cross, dim=1)  # (B,)
+    s = torch.linalg.vector_norm(self_, dim=1)  # (B,)
     return float((c < threshold * s).double().mean())
