@@ -20,6 +20,7 @@ def adaptation(tmp_path_factory):
     return data
 
 
+@pytest.mark.slow
 def test_mmd_guidance_moves_the_label_histogram_and_keeps_precision(adaptation):
     s = adaptation["summary"]["class"]["25"]
     none, pix, lat0, lat = s["none"], s["mmd_pixel"], s["none_latent"], s["mmd_latent"]
@@ -36,6 +37,7 @@ def test_mmd_guidance_moves_the_label_histogram_and_keeps_precision(adaptation):
     assert 0 < c["latent_over_pixel_guided"] < np.inf and c["pixel_guided_over_unguided"] > 0
 
 
+@pytest.mark.slow
 def test_baselines_are_the_projects(adaptation):
     assert digits_adaptation.ClassifierGuidedDenoiser is baselines.ClassifierGuidedDenoiser
     assert digits_adaptation.finetune is baselines.finetune
