@@ -216,3 +216,28 @@ def test_every_option_has_help_text():
 def test_parser_rejects_unknown_command():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train"])
+
+
+def _tasks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tasks", ROOT / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tasks_pins_cpu_torch_and_installs_per_job(capsys):
+    tasks = _tasks()
+    assert re.fullmatch(r"torch==\d+\.\d+\.\d+", tasks.TORCH)
+    assert tasks.EXTRAS["demo"] == () and tasks.EXTRAS["figures"] == ()  # core only
+    assert {"dev", "diffusers"} <= tasks._covered(tasks.EXTRAS["test"])
+    assert tasks._covered(()) == set() and not tasks._covered(("diffusers",)) >= {"dev"}
+    assert tasks.main(["--help"]) == 0 and tasks.main(["no_such_job"]) == 2  # neither installs anything
+    assert "python3 tasks.py demo" in capsys.readouterr().out
+
+
+def test_benchmarks_runner_help_lists_the_benchmarks():
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "time_gradient" in r.stdout and "bench_diffusers" in r.stdout

@@ -47,6 +47,7 @@ def test_baselines_are_the_projects(adaptation):
     assert len(hist) == 10 and abs(sum(hist) - 1) < 1e-9
 
 
+@pytest.mark.slow
 def test_mmd_ddm_experiment_fast(tmp_path):
     data = load("digits_mmd_ddm").run(config="fast", out_dir=tmp_path, random_state=0)
     assert (tmp_path / "digits_mmd_ddm.png").stat().st_size > 0
