@@ -110,7 +110,7 @@ def _add_demo(sub) -> None:
     d.add_argument("--scale", type=_nonnegative_float, default=0.2,
                    help="guidance scale, >= 0; 0 = unguided (default: 0.2)")
     d.add_argument("--steps", type=_int_at_least(1), default=50, help="ancestral DDPM steps (default: 50)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    d.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0 (default: 0)")
 
 
 def _add_experiments(sub) -> None:
@@ -118,7 +118,7 @@ def _add_experiments(sub) -> None:
     f = sub.add_parser("figures", help=f"regenerate every figure in paper_figures/ ({CLONE_ONLY})")
     f.add_argument("--out", default="paper_figures", help="output folder (default: paper_figures)")
     f.add_argument("--fast", action="store_true", help="reduced configurations (as in the tests)")
-    f.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    f.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0 (default: 0)")
     f.add_argument("names", nargs="*", metavar="NAME",  # checked in main: argparse rejects [] with choices
                    help="subset of experiments (default: all)" + (f"; one of: {', '.join(names)}" if names else ""))
     e = sub.add_parser("experiment", help=f"run one experiment ({CLONE_ONLY}); same as python -m experiments NAME")
@@ -126,7 +126,7 @@ def _add_experiments(sub) -> None:
                    help="experiment name" + (f": one of {', '.join(names)}" if names else ""))
     e.add_argument("--out", default="paper_figures", help="output folder (default: paper_figures)")
     e.add_argument("--fast", action="store_true", help="reduced configuration (as in the tests)")
-    e.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    e.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0 (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:

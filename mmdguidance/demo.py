@@ -70,8 +70,8 @@ def summarize(X, base, target, target_modes, metric_bandwidth: float = 1.0) -> d
     }
 
 
-def _check_args(n, n_refs, num_steps, scale) -> None:
-    for name, value, lo in (("n", n, 1), ("n_refs", n_refs, 2), ("num_steps", num_steps, 1)):
+def _check_args(n, n_refs, num_steps, scale, seed) -> None:
+    for name, value, lo in (("n", n, 1), ("n_refs", n_refs, 2), ("num_steps", num_steps, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not np.isfinite(scale) or scale < 0:
@@ -148,7 +148,7 @@ def run_demo(out_dir="demo_out", *, n=500, n_refs=50, target_modes=TARGET_MODES,
     scale : float
         Guidance scale (>= 0; 0 is the unguided sampler).
     seed : int
-        Seeds the references (``seed + 1``), the initial noise and the sampler noise.
+        (>= 0) Seeds the references (``seed + 1``), the initial noise and the sampler noise.
     metric_bandwidth : float
         Bandwidth of the exact MMD² to the target mixture (independent of the guidance kernel).
 
@@ -160,7 +160,7 @@ def run_demo(out_dir="demo_out", *, n=500, n_refs=50, target_modes=TARGET_MODES,
     """
     from .diffusion import GMMDenoiser, VPSchedule
 
-    _check_args(n, n_refs, num_steps, scale)
+    _check_args(n, n_refs, num_steps, scale, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

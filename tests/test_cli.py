@@ -76,6 +76,15 @@ def test_unguided_diagnostics_curve_matches_the_samplers_own_estimate(tmp_path):
     assert c["guided"] == pytest.approx(c["unguided"], rel=1e-6)
 
 
+@pytest.mark.parametrize("bad", [{"n": 0}, {"n_refs": 1}, {"num_steps": 0}, {"scale": -1.0}, {"scale": float("nan")},
+                                 {"seed": -1}, {"n": 2.5}])
+def test_run_demo_rejects_bad_arguments_naming_them(tmp_path, bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        run_demo(tmp_path / "never", make_plot=False, **bad)
+    assert not (tmp_path / "never").exists()
+
+
 def test_demo_is_reproducible(tmp_path):
     a = run_demo(tmp_path / "a", n=100, seed=3, make_plot=False)
     b = run_demo(tmp_path / "b", n=100, seed=3, make_plot=False)
@@ -108,7 +117,7 @@ def test_valid_run_exits_0_whatever_the_comparison(tmp_path, capsys, scale):
 
 @pytest.mark.parametrize(
     "bad", [["--n", "-5"], ["--n", "0"], ["--refs", "0"], ["--refs", "1"], ["--scale", "-1"], ["--scale", "nan"],
-            ["--steps", "0"], ["--n", "abc"]]
+            ["--steps", "0"], ["--n", "abc"], ["--seed", "-1"]]
 )
 def test_bad_demo_arguments_are_argparse_errors(tmp_path, capsys, bad):
     out = tmp_path / "never"
