@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ring_mixture", "run_demo", "summarize"]
+__all__ = ["comparison_line", "ring_mixture", "run_demo", "summarize"]
 
 #: modes of the ring kept by the demo's target
 TARGET_MODES = (0, 1, 2)
