@@ -31,7 +31,7 @@ _LAZY = {
     "mmd2": "mmd",
     "mmd2_gradient": "mmd",
     "MMDGuidance": "guidance",
-    "MMDGuidedSampler": "guidance",
+    "MMDGuidedSampler": "sampler",
     "GaussianMixture": "gmm",
 }
 

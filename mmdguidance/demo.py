@@ -16,7 +16,6 @@ quantities are reported, with different names:
 from __future__ import annotations
 
 import json
-import numbers
 import time
 from pathlib import Path
 
@@ -71,11 +70,11 @@ def summarize(X, base, target, target_modes, metric_bandwidth: float = 1.0) -> d
 
 
 def _check_args(n, n_refs, num_steps, scale, seed) -> None:
+    from ._utils import check_int, check_positive
+
     for name, value, lo in (("n", n, 1), ("n_refs", n_refs, 2), ("num_steps", num_steps, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not np.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        check_int(value, name, lo)
+    check_positive(scale, name="scale", allow_zero=True)
 
 
 def _sample_both(model, refs, *, n, scale, num_steps, seed):
@@ -88,7 +87,7 @@ def _sample_both(model, refs, *, n, scale, num_steps, seed):
     import torch
 
     from .diffusion.samplers import sample as run_sampler
-    from .guidance import MMDGuidedSampler
+    from .sampler import MMDGuidedSampler
     from .kernels import GaussianKernel
     from .mmd import MMD
 
@@ -98,8 +97,8 @@ def _sample_both(model, refs, *, n, scale, num_steps, seed):
                                  return_trajectory=True)  # (n, 2), num_steps x (n, 2)
     sampler = MMDGuidedSampler(model, kernel=kernel, scale=scale, num_steps=num_steps, sampler="ddpm",
                                random_state=seed).fit(refs)
-    guided, diag = sampler.sample(n, x_T=xT.numpy(), return_diagnostics=True)
-    steps = [d for d in diag[0]["steps"] if d.get("applied")]
+    guided = sampler.sample(n, x_T=xT.numpy())  # (n, 2)
+    steps = [d for d in sampler.diagnostics_[0]["steps"] if d.get("applied")]
     estimator = MMD(kernel=kernel, estimator="biased").fit(refs)  # the guidance's kernel and bandwidth rule
     curves = {
         "step": [d["step"] for d in steps],
