@@ -21,25 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["comparison_line", "ring_mixture", "run_demo", "summarize"]
+__all__ = ["comparison_line", "run_demo", "summarize"]
 
 #: modes of the ring kept by the demo's target
 TARGET_MODES = (0, 1, 2)
-
-
-def ring_mixture(n_modes: int = 8, radius: float = 4.0, std: float = 0.25):
-    r"""The demo's base model: ``n_modes`` equal-weight isotropic Gaussians of std ``std`` on a circle.
-
-    Returns
-    -------
-    GaussianMixture
-        Means :math:`r(\cos 2\pi k/K, \sin 2\pi k/K)`, ``k = 0..K-1``, shape ``(K, 2)``.
-    """
-    from .gmm import GaussianMixture
-
-    ang = 2 * np.pi * np.arange(n_modes) / n_modes
-    means = radius * np.stack([np.cos(ang), np.sin(ang)], 1)  # (K, 2)
-    return GaussianMixture(weights=np.full(n_modes, 1.0 / n_modes), means=means, covariances=np.full(n_modes, std**2))
 
 
 def summarize(X, base, target, target_modes, metric_bandwidth: float = 1.0) -> dict:
@@ -158,12 +143,13 @@ def run_demo(out_dir="demo_out", *, n=500, n_refs=50, target_modes=TARGET_MODES,
         ``guided_better`` is True when guidance reduced the exact MMD² to the target).
     """
     from .diffusion import GMMDenoiser, VPSchedule
+    from .gmm import GaussianMixture
 
     _check_args(n, n_refs, num_steps, scale, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    base = ring_mixture()
+    base = GaussianMixture.ring(n_modes=8, radius=4.0, std=0.25)  # (8 modes, 2-D)
     target = base.subset(list(target_modes))
     refs = target.sample(n_refs, random_state=seed + 1)  # (N, 2)
     model = GMMDenoiser(mixture=base, schedule=VPSchedule.linear())
