@@ -60,6 +60,7 @@ def test_rkhs_mean_bound_is_the_exact_second_moment():
     assert abs(vals.mean() - exact) <= 3 * vals.std(ddof=1) / np.sqrt(len(vals))
 
 
+@pytest.mark.slow
 def test_theorem1_pointwise_rate(tmp_path):
     data = theory_concentration.run(config="fast", out_dir=tmp_path, random_state=0)
     s = data["summary"]
@@ -69,6 +70,7 @@ def test_theorem1_pointwise_rate(tmp_path):
     assert (tmp_path / "theory_concentration.png").exists()
 
 
+@pytest.mark.slow
 def test_theorem2_uniform_rate_and_dimension(tmp_path):
     data = theory_uniform.run(config="fast", out_dir=tmp_path, random_state=0)
     s = data["summary"]
@@ -83,6 +85,7 @@ def test_theorem2_uniform_rate_and_dimension(tmp_path):
         assert -0.6 <= slope <= -0.4
 
 
+@pytest.mark.slow
 def test_estimators_and_descent(tmp_path):
     data = theory_estimators.run(config="fast", out_dir=tmp_path, random_state=0)
     s = data["summary"]
