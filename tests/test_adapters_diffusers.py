@@ -13,7 +13,6 @@ pytest.importorskip("diffusers")
 
 from mmdguidance import MMD, ConstantKernel, GaussianKernel  # noqa: E402
 from mmdguidance.adapters._encode import encode_images  # noqa: E402
-from mmdguidance.adapters._hooks import noise_level, vp_eps  # noqa: E402
 from mmdguidance.adapters.diffusers import DiffusersMMDGuidance  # noqa: E402
 from mmdguidance.guidance import GuidanceWarning  # noqa: E402
 
@@ -149,59 +148,163 @@ def test_sd3_flow_matching(pipes):
     assert a.diagnostics_[0]["mode"] == "callback_on_step_end"
 
 
+# ----------------------------------------------------------------------------- schedulers: exact x̂0 and landing levels
+class _Recorder:
+    """A stand-in for MMDGuidance: records the x̂0 it is given and shifts it by a fixed ``delta``."""
+
+    evaluate_on = "x0"
+
+    def __init__(self, delta):
+        self.delta, self.seen, self.history = delta, [], []
+
+    def is_active(self, step, num_steps):
+        return True
+
+    def __call__(self, x, *, step, num_steps, alpha_bar, **kw):
+        assert alpha_bar == 1.0
+        self.seen.append(x.clone())
+        return x + self.delta
+
+
+def _sched(name, **cfg):
+    """A scheduler built with ``cfg`` passed to its constructor (SD's beta schedule for the VP ones)."""
+    import diffusers
+
+    cls = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
+           "euler_a": "EulerAncestralDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler",
+           "flow": "FlowMatchEulerDiscreteScheduler"}[name]
+    kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    kw = dict(shift=3.0) if name == "flow" else kw
+    kw.update({"ddim": dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+               "ddpm": dict(clip_sample=False)}.get(name, {}))
+    return getattr(diffusers, cls)(**kw, **cfg)
+
+
+def _x0_cases():
+    cases = [("ddim", dict(timestep_spacing=sp, prediction_type=pt))
+             for sp in ("leading", "linspace", "trailing") for pt in ("epsilon", "v_prediction", "sample")]
+    cases += [("ddpm", dict(prediction_type=pt)) for pt in ("epsilon", "v_prediction", "sample")]
+    cases += [("ddpm", dict(variance_type="learned_range"))]
+    cases += [(n, dict(prediction_type=pt)) for n in ("euler", "euler_a") for pt in ("epsilon", "v_prediction")]
+    cases += [("euler", dict(use_karras_sigmas=True))]
+    cases += [("dpm", dict(prediction_type=pt)) for pt in ("epsilon", "v_prediction")]
+    cases += [("dpm", dict(use_karras_sigmas=True)), ("flow", {})]
+    return cases
+
+
+@pytest.mark.parametrize("name,cfg", _x0_cases())
+def test_x0_seen_by_guidance_is_the_schedulers_own(name, cfg):
+    """evaluate_on='x0': the x̂0 the guidance receives is the scheduler's pred_original_sample (DPM-Solver: its
+    converted model output; flow: x - σ v) at every step, and the step then continues from the guided x̂0."""
+    import copy
+
+    from mmdguidance.adapters._hooks import GuidedCall
+
+    ref, guided = _sched(name, **cfg), _sched(name, **cfg)
+    for s in (ref, guided):
+        s.set_timesteps(6)
+    C = 4
+    learned = cfg.get("variance_type") == "learned_range"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, C, 5, 5, generator=g) * float(getattr(ref, "init_noise_sigma", 1.0))
+    delta = 0.1 * torch.randn(3, C * 25, generator=g)
+    rec = _Recorder(delta)
+    with GuidedCall(guided, rec, mode="step") as call:
+        for i, t in enumerate(ref.timesteps):
+            mo = torch.randn(3, 2 * C if learned else C, 5, 5, generator=g)
+            sr = ref.step(mo, t, x, generator=torch.Generator().manual_seed(i))
+            ref_x0 = _reference_x0(ref, sr, mo, t, x, i)
+            gx = copy.deepcopy(x)
+            out = guided.step(mo, t, gx, generator=torch.Generator().manual_seed(i))
+            torch.testing.assert_close(rec.seen[-1].reshape(ref_x0.shape), ref_x0, rtol=1e-5, atol=1e-5)
+            got = _reference_x0(guided, out, None, t, gx, i, after=True)
+            if got is not None:  # the scheduler continued from the guided x̂0
+                torch.testing.assert_close(got, ref_x0 + delta.reshape(ref_x0.shape), rtol=1e-4, atol=1e-4)
+            assert torch.equal(call.final, out.prev_sample)
+            x = sr.prev_sample
+    assert len(rec.seen) == 6 and "step" not in vars(guided)
+
+
+def _reference_x0(s, out, mo, t, x, i, after=False):
+    """The scheduler's own x̂0 of the step just taken (None where it exposes none after the fact)."""
+    if getattr(out, "pred_original_sample", None) is not None:
+        return out.pred_original_sample
+    if hasattr(s, "model_outputs"):  # DPM-Solver: convert_model_output's result is stored for the multistep update
+        return s.model_outputs[-1]
+    if after:
+        return None
+    return x - float(s.sigmas[i]) * mo  # flow matching: x̂0 = x - σ v
+
+
+@pytest.mark.parametrize("name,cfg", [("ddim", dict(timestep_spacing=sp)) for sp in ("leading", "linspace", "trailing")]
+                         + [("ddim", dict(timestep_spacing="trailing", prediction_type="v_prediction")),
+                            ("euler", {}), ("euler", dict(timestep_spacing="trailing")), ("flow", {}),
+                            ("ddpm", dict(timestep_spacing="trailing"))])
+def test_landing_level_is_the_schedulers_previous_timestep(name, cfg):
+    """'xt' mode: the post-step sample lives at landing_level, the scheduler's own rule (DDIM: t - T/n, not the next
+    entry of timesteps): a deterministic step lands exactly on A' x̂0 + S' ε̂; DDPM's posterior mean on its ᾱ_prev."""
+    from mmdguidance.adapters._schedulers import input_level, landing_level
+
+    s = _sched(name, **cfg)
+    s.set_timesteps(4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 3, generator=g) * float(getattr(s, "init_noise_sigma", 1.0))
+    for i, t in enumerate(s.timesteps):
+        mo = torch.randn(2, 4, 3, 3, generator=g)
+        A, S = input_level(s, t, i)
+        A2, S2 = landing_level(s, t, i)
+        out = s.step(mo, t, x)
+        if name == "flow":
+            x0, eps = x - S * mo, x + (1 - S) * mo
+        else:
+            x0 = out.pred_original_sample
+            eps = (x - A * x0) / S
+        if name == "ddpm":  # posterior mean coefficient of x̂0 uses ᾱ_prev
+            ab_prev = A2**2
+            ab_t = A**2
+            beta = 1 - ab_t / ab_prev
+            coef = math.sqrt(ab_prev) * beta / (1 - ab_t)
+            mean = coef * x0 + math.sqrt(ab_t / ab_prev) * (1 - ab_prev) / (1 - ab_t) * x
+            if i == len(s.timesteps) - 1:  # no noise is added on the last step: prev_sample is the mean
+                torch.testing.assert_close(out.prev_sample, mean, rtol=1e-4, atol=1e-4)
+        else:
+            torch.testing.assert_close(out.prev_sample, A2 * x0 + S2 * eps, rtol=1e-4, atol=1e-4)
+        x = out.prev_sample
+    assert landing_level(s, s.timesteps[-1], len(s.timesteps) - 1)[1] < 0.1
+
+
+def test_x0_conversion_round_trip_and_flow_identity():
+    """to_x0 / from_x0 are inverse (learned-variance channels pass through); flow x̂0 = x - σ v."""
+    from mmdguidance.adapters._schedulers import from_x0, to_x0, x0_coefficients
+
+    g = torch.Generator().manual_seed(0)
+    x, mo = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 8, 3, 3, generator=g)
+    for name, cfg in [("ddim", dict(prediction_type="v_prediction")), ("euler", {}), ("flow", {})]:
+        s = _sched(name, **cfg)
+        s.set_timesteps(5)
+        coef = x0_coefficients(s, s.timesteps[2], 2)
+        x0 = to_x0(mo, x, coef)
+        back = from_x0(x0, mo, x, coef)
+        torch.testing.assert_close(back, mo, rtol=1e-5, atol=1e-5)
+        assert torch.equal(back[:, 4:], mo[:, 4:])
+        if name == "flow":
+            torch.testing.assert_close(x0, x - float(s.sigmas[2]) * mo[:, :4])
+
+
 @pytest.mark.parametrize("karras", [False, True])
 def test_noise_level_matches_dpm_solver(karras):
-    """(a, s) of the latents equal DPM-Solver's own (alpha_t, sigma_t) at each step, Karras sigmas included."""
+    """(A, S) at each step equal DPM-Solver's own (alpha_t, sigma_t), Karras sigmas included; clean after the last."""
     from diffusers import DPMSolverMultistepScheduler
+
+    from mmdguidance.adapters._schedulers import input_level, landing_level
 
     s = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                     use_karras_sigmas=karras)
     s.set_timesteps(10)
     for i in range(10):
         alpha_t, sigma_t = s._sigma_to_alpha_sigma_t(s.sigmas[i])
-        np.testing.assert_allclose(noise_level(s, i), (float(alpha_t), float(sigma_t)), rtol=1e-5)
-    assert noise_level(s, 10) == (1.0, 0.0)
-
-
-def test_tweedie_flow_matching():
-    """Flow matching x = (1-σ) x0 + σ ε, velocity v = ε - x0: the VP-coordinate Tweedie equals x - σ v."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    s = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    s.set_timesteps(8)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 3, 3, generator=g)
-    for i, t in enumerate(s.timesteps[:-1]):
-        v = torch.randn(2, 4, 3, 3, generator=g)
-        sigma = float(s.sigmas[i])
-        nxt = s.step(v, t, x).prev_sample
-        a, sg = noise_level(s, i + 1)
-        r = math.hypot(a, sg)
-        ab = (a / r) ** 2
-        x0 = (nxt / r - math.sqrt(1 - ab) * vp_eps(s, v, x, i)) / math.sqrt(ab)
-        torch.testing.assert_close(x0, x - sigma * v, rtol=1e-4, atol=1e-4)
-        x = nxt
-
-
-# ----------------------------------------------------------------------------- Tweedie x0
-@pytest.mark.parametrize("sched,pred", [("ddim", "epsilon"), ("ddim", "v_prediction"), ("euler", "epsilon"),
-                                        ("euler", "v_prediction"), ("ddim", "sample")])
-def test_tweedie_matches_scheduler_pred_original_sample(sched, pred):
-    """x̂0 from the VP coordinates of the post-step point and the step's eps equals the scheduler's own x̂0."""
-    s = make_scheduler(sched)
-    s.register_to_config(prediction_type=pred)
-    s.set_timesteps(10)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 5, 5, generator=g) * float(s.init_noise_sigma)
-    for i, t in enumerate(s.timesteps[:-1]):
-        mo = torch.randn(3, 4, 5, 5, generator=g)
-        out = s.step(mo, t, x)
-        a, sg = noise_level(s, i + 1)
-        r = math.hypot(a, sg)
-        ab = (a / r) ** 2
-        x0 = (out.prev_sample / r - math.sqrt(1 - ab) * vp_eps(s, mo, x, i)) / math.sqrt(ab)
-        torch.testing.assert_close(x0, out.pred_original_sample, rtol=1e-4, atol=1e-4)
-        x = out.prev_sample
+        np.testing.assert_allclose(input_level(s, s.timesteps[i], i), (float(alpha_t), float(sigma_t)), rtol=1e-5)
+    assert landing_level(s, s.timesteps[-1], 9) == (1.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- prompt-aware

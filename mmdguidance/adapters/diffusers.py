@@ -34,7 +34,8 @@ from .._utils import (as_tensor, check_array_2d, check_option, check_random_stat
                       progress)
 from ..guidance import GuidanceWarning, _check_int, _GuidedEstimatorMixin
 from ._encode import encode_images, load_images
-from ._hooks import GuidedCall, scheduler_family
+from ._hooks import GuidedCall
+from ._schedulers import scheduler_family
 
 __all__ = ["DiffusersMMDGuidance", "pipeline_text_embedder", "HOOKS", "SUPPORTED_DIFFUSERS"]
 
