@@ -44,13 +44,13 @@ def test_scale_zero_reproduces_plain_pipeline(pipes, name):
     pipe, kw = pipes[name]
     refs = _shifted_refs(pipe, kw, n=4)
     a = DiffusersMMDGuidance(pipe, scale=0.0, window=(0, 1)).fit(reference_latents=refs)
-    out, lat = a.sample(PROMPT, n=3, num_inference_steps=STEPS, generator=0, output_type="latent",
-                        return_latents=True, **kw)
+    out, lat, _ = a.sample(PROMPT, n=3, num_inference_steps=STEPS, generator=0, output_type="latent",
+                           return_dict=False, **kw)
     plain = _plain(pipe, kw, 3, 0)
     assert torch.equal(out, plain)
     assert torch.equal(lat, plain)
     # decoded images too (pil path of the pipeline, VAE decode untouched)
-    imgs = a.sample(PROMPT, n=2, num_inference_steps=2, generator=5, output_type="np", **kw)
+    imgs = a.sample(PROMPT, n=2, num_inference_steps=2, generator=5, output_type="np", **kw).images
     ref_imgs = pipe([PROMPT] * 2, num_inference_steps=2, height=RES, width=RES, generator=torch.Generator().manual_seed(5),
                     output_type="np", **kw).images
     np.testing.assert_array_equal(imgs, ref_imgs)
@@ -64,7 +64,8 @@ def test_precomputed_prompt_embeddings_are_sliced_per_batch(pipes):
     e = dict(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt_embeds=nemb,
              negative_prompt_attention_mask=nmask)
     a = DiffusersMMDGuidance(pipe, scale=0.0).fit(reference_latents=torch.randn(4, 4, 8, 8))
-    out = a.sample(None, n=3, batch_size=2, num_inference_steps=STEPS, generator=0, output_type="latent", **e, **kw)
+    out = a.sample(None, n=3, batch_size=2, num_inference_steps=STEPS, generator=0, output_type="latent",
+                   **e, **kw).images
     g = torch.Generator().manual_seed(0)
     parts = [pipe(num_inference_steps=STEPS, height=RES, width=RES, generator=g, output_type="latent", negative_prompt=None,
                   **{k: v[s:s + 2] for k, v in e.items()}, **kw).images for s in (0, 2)]
@@ -79,7 +80,7 @@ def test_guidance_lowers_latent_mmd(pipes, name, evaluate_on):
     pipe, kw = pipes[name]
     refs = _shifted_refs(pipe, kw)
     a = DiffusersMMDGuidance(pipe, scale=0.2, window=(0, 1), evaluate_on=evaluate_on).fit(reference_latents=refs)
-    guided = a.sample(PROMPT, n=6, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    guided = a.sample(PROMPT, n=6, num_inference_steps=STEPS, generator=0, output_type="latent", **kw).images
     unguided = _plain(pipe, kw, 6, 0)
     m = MMD(kernel=GaussianKernel()).fit(refs.flatten(1))  # the project's estimator, its own median bandwidth
     g, u = float(m.score(guided.flatten(1))), float(m.score(unguided.flatten(1)))
@@ -94,12 +95,12 @@ def test_batch_is_guided_jointly_and_reproducibly(pipes):
     pipe, kw = pipes["sd"]
     refs = _shifted_refs(pipe, kw, n=8)
     a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=refs)
-    x1 = a.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=3, output_type="latent")
-    x2 = a.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=3, output_type="latent")
+    x1 = a.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=3, output_type="latent").images
+    x2 = a.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=3, output_type="latent").images
     assert torch.equal(x1, x2)
     # joint guidance: the self (repulsion) term couples samples, so a batch of 4 differs from 4 batches of 1
     x3 = a.sample(PROMPT, n=4, batch_size=1, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3),
-                  output_type="latent")
+                  output_type="latent").images
     assert len(a.diagnostics_) == 4
     assert not torch.allclose(x1, x3)
     # every sample moved by its own gradient (the authors' batch>1 defect gave all the last sample's gradient)
@@ -115,13 +116,14 @@ def test_hooks_agree(pipes):
     outs = []
     for hook in ("callback_on_step_end", "step"):
         a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), hook=hook).fit(reference_latents=refs)
-        outs.append(a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent"))
+        outs.append(a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent").images)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
     assert "step" not in vars(pipe.scheduler)  # the wrapper was removed
     pix, pkw = pipes["pixart"]
     prefs = _shifted_refs(pix, pkw, n=6)
     p_outs = [DiffusersMMDGuidance(pix, scale=0.3, window=(0, 1), hook=h).fit(reference_latents=prefs).sample(
-        PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent", **pkw) for h in ("callback", "step")]
+        PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent", **pkw).images
+        for h in ("callback", "step")]
     torch.testing.assert_close(p_outs[0], p_outs[1], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="callback_on_step_end"):
         DiffusersMMDGuidance(pix, hook="callback_on_step_end").fit(reference_latents=prefs).sample(
@@ -138,9 +140,9 @@ def test_sd3_flow_matching(pipes):
     plain = pipe(**e, num_inference_steps=STEPS, height=RES, width=RES, generator=torch.Generator().manual_seed(0),
                  output_type="latent").images
     m = MMD(kernel=GaussianKernel()).fit(refs.flatten(1))
-    for scale in (0.0, 0.2):
-        a = DiffusersMMDGuidance(pipe, scale=scale, window=(0, 1), evaluate_on="x0").fit(reference_latents=refs)
-        x = a.sample(None, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **e)
+    for scale, ev in ((0.0, "x0"), (0.0, "xt"), (0.4, "x0"), (0.2, "xt")):
+        a = DiffusersMMDGuidance(pipe, scale=scale, window=(0, 1), evaluate_on=ev).fit(reference_latents=refs)
+        x = a.sample(None, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **e).images
         if scale == 0:
             assert torch.equal(x, plain)
         else:
@@ -318,13 +320,13 @@ def test_prompt_kernel_one_equals_unconditional(pipes, name):
     pa = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), prompt_kernel=ConstantKernel()).fit(
         reference_latents=refs, prompts=caps)
     assert pa.prompt_dim_ > 0
-    x_u = unc.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
-    x_p = pa.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    x_u = unc.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw).images
+    x_p = pa.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw).images
     torch.testing.assert_close(x_p, x_u, rtol=0, atol=1e-5)
     # a real prompt kernel changes the result (captions matter)
     pg = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), prompt_kernel=GaussianKernel(bandwidth=0.1)).fit(
         reference_latents=refs, prompts=caps)
-    x_g = pg.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    x_g = pg.sample(prompts, n=3, num_inference_steps=STEPS, generator=0, output_type="latent", **kw).images
     assert not torch.allclose(x_g, x_u, atol=1e-3)
 
 
@@ -351,10 +353,10 @@ def test_memory_bank_sliding_window(pipes):
     pipe, kw = pipes["sd"]
     refs = _shifted_refs(pipe, kw, n=6)
     a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), memory_size=3).fit(reference_latents=refs)
-    _, lat1 = a.sample(PROMPT, n=2, num_inference_steps=2, generator=0, output_type="latent", return_latents=True)
+    lat1 = a.sample(PROMPT, n=2, num_inference_steps=2, generator=0, output_type="latent").latents
     torch.testing.assert_close(a.memory_, lat1.flatten(1))
-    _, lat2 = a.sample(PROMPT, n=2, num_inference_steps=2, generator=1, output_type="latent", return_latents=True,
-                       reset_memory=False)
+    lat2 = a.sample(PROMPT, n=2, num_inference_steps=2, generator=1, output_type="latent",
+                    reset_memory=False).latents
     torch.testing.assert_close(a.memory_, torch.cat([lat1, lat2])[-3:].flatten(1))
     a.clear_memory()
     assert a.memory_ is None
@@ -395,7 +397,7 @@ def test_low_precision_vae_and_pipeline():
     torch.testing.assert_close(lat16, lat32, rtol=0, atol=1e-6)
     pipe = tiny_sd().to(torch.bfloat16)
     a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=torch.randn(6, 4, 8, 8) + 1)
-    x = a.sample(PROMPT, n=3, num_inference_steps=4, generator=0, output_type="latent")
+    x = a.sample(PROMPT, n=3, num_inference_steps=4, generator=0, output_type="latent").images
     assert x.dtype == torch.bfloat16 and torch.isfinite(x).all() and a.mmd_.reference_.dtype == torch.float32
     mmd2 = [s["mmd2"] for s in a.diagnostics_[0]["steps"]]
     assert mmd2[-1] < mmd2[0]
@@ -478,7 +480,7 @@ def test_bad_input(tmp_path, pipes):
         DiffusersMMDGuidance(pipe, scale=-1.0).fit(reference_latents=refs)
     with pytest.raises(ValueError, match="unknown hook"):
         DiffusersMMDGuidance(pipe, hook="nope").fit(reference_latents=refs)
-    with pytest.raises(TypeError, match="unet or transformer"):
+    with pytest.raises(TypeError, match="not supported.*StableDiffusionXLPipeline.*DDPMPipeline"):
         DiffusersMMDGuidance(object()).fit(reference_latents=refs)
 
 

@@ -62,6 +62,7 @@ class GuidedCall:
         self.count = 0
         self.final = None
         self._last = None
+        self._wrapped = False
 
     @property
     def pre_step(self) -> bool:
@@ -99,9 +100,11 @@ class GuidedCall:
 
         setattr(step, _WRAPPED, True)
         sch.step = step
+        self._wrapped = True
         return self
 
     def __exit__(self, *exc):
+        self._wrapped = False
         if self._had_attr:
             self.scheduler.step = self._orig_attr
         else:
@@ -148,13 +151,26 @@ class GuidedCall:
         self.final = out
         return out
 
-    def callback_on_step_end(self, pipe, i, t, callback_kwargs):
-        """``callback_on_step_end`` hook: returns the guided ``latents``."""
-        return {"latents": self.guide(callback_kwargs["latents"])}
+    def post_step(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
+        """The post-step hook (callbacks): guided ``latents`` after step ``i`` at timestep ``t``.
+
+        Without the ``scheduler.step`` wrapper (a bare :class:`~.callback.MMDGuidanceCallback`), the step is read
+        from the callback's arguments and the scheduler's ``step_index`` (already advanced by the step).
+        """
+        if not self._wrapped:
+            if self.pre_step:
+                raise RuntimeError(
+                    "evaluate_on='x0' guides before scheduler.step, which a callback cannot do: run the pipeline "
+                    "inside `with callback.attached(pipe):` (or use DiffusersMMDGuidance.sample), or use evaluate_on='xt'"
+                )
+            si = getattr(self.scheduler, "step_index", None)
+            self._last = (t, int(si) - 1 if si is not None else int(i), int(i))
+            self.count = int(i) + 1
+        return self.guide(latents)
 
     def legacy_callback(self, i, t, latents):
         """Legacy ``callback(step, t, latents)``: edits the latents in place."""
-        latents.copy_(self.guide(latents))
+        latents.copy_(self.post_step(i, t, latents))
 
 
 def _t(t):
