@@ -172,3 +172,30 @@ def tiny_sd3(seed=0):
     kw = dict(prompt_embeds=pe, pooled_prompt_embeds=pp, negative_prompt_embeds=torch.zeros_like(pe),
               negative_pooled_prompt_embeds=torch.zeros_like(pp))
     return pipe, kw
+
+
+def tiny_unet2d(in_channels=3, sample_size=RES, seed=0):
+    """An unconditional UNet2DModel (channels (8, 16))."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+
+
+def tiny_uncond(kind="ddpm", seed=0):
+    """Unconditional pipelines: pixel-space 'ddpm' / 'ddim' (3 x RES x RES) or 'ldm' (VQModel, latents 3 x RES/2)."""
+    from diffusers import DDIMPipeline, DDPMPipeline, LDMPipeline, VQModel
+
+    if kind == "ldm":
+        torch.manual_seed(seed)
+        vq = VQModel(in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+                     down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                     norm_num_groups=4, num_vq_embeddings=32, vq_embed_dim=3, sample_size=RES).eval()
+        pipe = LDMPipeline(vqvae=vq, unet=tiny_unet2d(3, RES // 2, seed), scheduler=make_scheduler("ddim"))
+    else:
+        cls = DDPMPipeline if kind == "ddpm" else DDIMPipeline
+        pipe = cls(unet=tiny_unet2d(3, RES, seed), scheduler=make_scheduler(kind))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

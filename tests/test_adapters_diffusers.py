@@ -549,3 +549,266 @@ def test_benchmark_runs_tiny_on_cpu():
         assert m["outputs_finite"] and len(m["variants"]) == 3
         for v in m["variants"]:
             assert v["ratio_median"] > 0 and v["guided_steps"] > 0
+
+
+# ----------------------------------------------------------------------------- issue 15 items
+@pytest.mark.parametrize("name", ["sd", "sdxl", "pixart"])
+def test_x0_mode_scale_zero_is_bit_identical(pipes, name):
+    """evaluate_on='x0' wraps scheduler.step; at scale 0 nothing is touched (bit-identical latents)."""
+    pipe, kw = pipes[name]
+    a = DiffusersMMDGuidance(pipe, scale=0.0, evaluate_on="x0").fit(reference_latents=_shifted_refs(pipe, kw, n=4))
+    out = a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent", **kw)
+    assert torch.equal(out.images, _plain(pipe, kw, 2, 0)) and torch.equal(out.latents, out.images)
+
+
+def _decode_through_pipeline(pipe, z, kw=None):
+    """The pipeline's own decode path applied to latents z: one step whose callback hands z back, output 'pt'."""
+    kw = dict(kw or {})
+    if "prompt_embeds" not in kw:
+        kw["prompt"] = [PROMPT] * z.shape[0]
+    return pipe(num_inference_steps=1, height=RES, width=RES, output_type="pt", generator=torch.Generator().manual_seed(0),
+                callback_on_step_end=lambda p, i, t, ck: {"latents": z.clone()}, **kw).images
+
+
+@pytest.mark.parametrize("which", ["sdxl_latents_mean_std", "sd3_shift"])
+def test_references_are_the_exact_inverse_of_the_pipelines_decode(which):
+    """decode(encode(u)) through the pipeline's own decode path = the VAE's decode of the posterior mean
+    (SDXL-style latents_mean/std; SD3's shift_factor)."""
+    if which == "sd3_shift":
+        pipe, kw = tiny_sd3()
+        pipe.vae.register_to_config(shift_factor=0.3, scaling_factor=0.7)
+        kw = {k: v[:3] for k, v in kw.items()}
+    else:
+        pipe, kw = tiny_sdxl(), {}
+        pipe.vae.register_to_config(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 2.0, 1.5, 0.8])
+    imgs = _images(3)
+    a = DiffusersMMDGuidance(pipe).fit(imgs)
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        direct = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+    expected = pipe.image_processor.postprocess(direct, output_type="pt")
+    got = _decode_through_pipeline(pipe, a.reference_latents_, kw)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_vanished_gradient_warns_once_naming_the_bandwidth(pipes):
+    pipe, kw = pipes["sd"]
+    far = _shifted_refs(pipe, kw, n=6) + 200.0  # latents far off (same spread): the Gaussian kernel underflows
+    a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=far)
+    with pytest.warns(GuidanceWarning, match=r"gradient vanished.*bandwidth.*typical distance") as rec:
+        a.sample(PROMPT, n=1, num_inference_steps=3, generator=0, output_type="latent")
+    assert sum("vanished" in str(w.message) for w in rec) == 1
+    assert all(s["grad_norm"] == 0.0 for s in a.diagnostics_[0]["steps"])
+    ok = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=_shifted_refs(pipe, kw, n=6))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*vanished.*")
+        ok.sample(PROMPT, n=2, num_inference_steps=3, generator=0, output_type="latent")
+
+
+def test_img2img_is_refused(pipes):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe, _ = pipes["sd"]
+    a = DiffusersMMDGuidance(pipe).fit(reference_latents=torch.randn(4, 4, 8, 8))
+    for k, v in (("strength", 0.5), ("image", np.zeros((RES, RES, 3), np.uint8))):
+        with pytest.raises(ValueError, match="img2img"):
+            a.sample(PROMPT, n=1, num_inference_steps=2, **{k: v})
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
+    with pytest.raises(TypeError, match="StableDiffusionImg2ImgPipeline is not supported.*LDMPipeline"):
+        DiffusersMMDGuidance(i2i).fit(reference_latents=torch.randn(4, 4, 8, 8))
+
+
+def test_16bit_rgba_and_integer_images(tmp_path):
+    from PIL import Image
+
+    from mmdguidance.adapters._encode import load_images
+
+    rng = np.random.default_rng(0)
+    g16 = rng.integers(0, 65536, size=(RES, RES), dtype=np.uint16)
+    Image.fromarray(g16).save(tmp_path / "a16.png")
+    rgba = rng.integers(0, 256, size=(RES, RES, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "b_rgba.png")
+    arrays, _, names = load_images(tmp_path)
+    assert Image.open(tmp_path / "a16.png").mode.startswith("I")  # really a 16-bit file
+    want16 = np.repeat(np.round(g16 / 257.0).astype(np.uint8)[:, :, None], 3, 2)
+    np.testing.assert_array_equal(arrays[0], want16)  # was all white (255) with convert("RGB")
+    al = rgba[:, :, 3:] / 255.0
+    want = np.round((al * rgba[:, :, :3] / 255.0 + (1 - al)) * 255.0).astype(np.uint8)  # on white
+    np.testing.assert_array_equal(arrays[1], want)
+    assert names == [str(tmp_path / "a16.png"), str(tmp_path / "b_rgba.png")]
+    c8 = rng.integers(0, 256, size=(RES, RES, 3))
+    arrs, _, _ = load_images([c8.astype(np.int64), (c8 * 257).astype(np.uint16), c8.astype(np.uint8)])
+    for x in arrs:
+        np.testing.assert_array_equal(x, c8.astype(np.uint8))
+    with pytest.raises(ValueError, match="int64 image arrays must hold 0..255.*uint16"):
+        load_images([c8.astype(np.int64) * 300])
+
+
+def test_cache_key_hashes_weight_bytes_and_corrupted_cache_reencodes(tmp_path):
+    from mmdguidance.adapters._encode import vae_fingerprint
+
+    vae = tiny_vae()
+    fp = vae_fingerprint(vae)
+    with torch.no_grad():  # a channel permutation keeps per-parameter sums and sums of squares
+        w = vae.encoder.conv_in.weight
+        w.copy_(w[[1, 0, *range(2, w.shape[0])]])
+    assert vae_fingerprint(vae) != fp
+    imgs = _images(3)
+    lat, key = encode_images(vae, imgs, height=RES, width=RES, cache_dir=tmp_path)
+    path = tmp_path / f"refs-{key}.pt"
+    path.write_bytes(b"garbage, not a torch file")
+    with pytest.warns(RuntimeWarning, match="unreadable.*re-encoding"):
+        lat2, _ = encode_images(vae, imgs, height=RES, width=RES, cache_dir=tmp_path)
+    torch.testing.assert_close(lat2, lat)
+    torch.testing.assert_close(torch.load(path), lat)  # rewritten
+
+
+def test_refit_errors_after_resolution_change_or_vae_swap(pipes):
+    import copy
+
+    pipe, kw = pipes["sd"]
+    a = DiffusersMMDGuidance(pipe).fit(_images(3))
+    a.set_params(height=2 * RES, width=2 * RES)
+    with pytest.raises(ValueError, match="refit"):
+        a.sample(PROMPT, n=1, num_inference_steps=2)
+    a.set_params(height=None, width=None)
+    old = pipe.vae
+    try:
+        pipe.vae = copy.deepcopy(old)
+        with pytest.raises(ValueError, match="autoencoder was replaced.*refit"):
+            a.sample(PROMPT, n=1, num_inference_steps=2)
+    finally:
+        pipe.vae = old
+    a.sample(PROMPT, n=1, num_inference_steps=2, output_type="latent")
+
+
+def test_prompt_kernel_caption_errors(tmp_path, pipes):
+    from PIL import Image
+
+    pipe, _ = pipes["sd"]
+    refs = torch.randn(4, 4, 8, 8)
+    with pytest.raises(ValueError, match="all 4 reference captions are identical.*drop prompt_kernel"):
+        DiffusersMMDGuidance(pipe, prompt_kernel=GaussianKernel()).fit(reference_latents=refs, prompts="a dog")
+    # a fixed prompt bandwidth is fine with one caption
+    DiffusersMMDGuidance(pipe, prompt_kernel=GaussianKernel(bandwidth=0.5)).fit(reference_latents=refs, prompts="a dog")
+    for i, a in enumerate(_images(3)):
+        Image.fromarray(a).save(tmp_path / f"im{i}.png")
+        if i != 1:
+            (tmp_path / f"im{i}.txt").write_text("red car")
+    with pytest.raises(ValueError, match=r"no <stem>\.txt caption.*im1\.png"):
+        DiffusersMMDGuidance(pipe, prompt_kernel=GaussianKernel()).fit(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "ldm"])
+def test_unconditional_pipelines(kind):
+    """DDPM / DDIM (pixel space) and LDM (VQ model): exact at scale 0, references = pixels or VQ latents, guided."""
+    from ._tiny_pipelines import tiny_uncond
+
+    pipe = tiny_uncond(kind)
+    if kind == "ldm":
+        pipe.vqvae.register_to_config(scaling_factor=1.0)
+    imgs = _images(6)
+    a = DiffusersMMDGuidance(pipe, scale=0.0).fit(imgs)
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        want = pipe.vqvae.encode(x).latents if kind == "ldm" else x
+    torch.testing.assert_close(a.reference_latents_, want)
+    out = a.sample(n=2, num_inference_steps=3, generator=0, output_type="np")
+    plain = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.testing.assert_array_equal(out.images, plain)
+    assert out.diagnostics[0]["mode"] == "step"
+    u = a.sample(n=4, num_inference_steps=3, generator=0, output_type="latent")
+    base = a.sample(n=8, num_inference_steps=3, generator=1, output_type="latent").latents
+    refs = base + base.std()  # the untrained denoiser's own scale (random VQ latents are far smaller)
+    for ev in ("xt", "x0"):
+        b = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), evaluate_on=ev).fit(reference_latents=refs)
+        g = b.sample(n=4, num_inference_steps=3, generator=0, output_type="latent")
+        assert torch.equal(g.images, g.latents)
+        assert b.score_latents(g.latents) < b.score_latents(u.latents)
+    with pytest.raises(ValueError, match="unconditional: prompt"):
+        a.sample("a dog", n=1)
+    with pytest.raises(ValueError, match="num_inference_steps must be an int >= 1"):
+        a.sample(n=1, num_inference_steps=0)
+    with pytest.raises(ValueError, match="sample size 16x16"):
+        DiffusersMMDGuidance(pipe, height=2 * RES, width=2 * RES).fit(imgs)
+
+
+def test_pipeline_callback_composes_with_user_callbacks(pipes):
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    from mmdguidance.adapters.callback import MMDGuidanceCallback
+
+    pipe, kw = pipes["sd"]
+    refs = _shifted_refs(pipe, kw, n=6)
+    a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=refs)
+    want = a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent").images
+
+    class Spy(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            self.seen.append(callback_kwargs["latents"].clone())
+            return callback_kwargs
+
+    cb, spy = MMDGuidanceCallback(a), Spy()
+    got = pipe([PROMPT] * 2, num_inference_steps=STEPS, height=RES, width=RES, generator=torch.Generator().manual_seed(0),
+               output_type="latent", callback_on_step_end=MultiPipelineCallbacks([cb, spy])).images
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert len(spy.seen) == STEPS and torch.equal(spy.seen[-1], got)  # the user's callback sees guided latents
+    assert len(cb.diagnostics) == STEPS and all(s["applied"] for s in cb.diagnostics)
+    # through the convenience wrapper: a PipelineCallback and a plain function after the guidance
+    spy2, calls = Spy(), []
+    via = a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent", callback_on_step_end=spy2)
+    torch.testing.assert_close(via.images, want, rtol=0, atol=1e-6)
+    assert len(spy2.seen) == STEPS
+    a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent",
+             callback_on_step_end=lambda p, i, t, k: calls.append(i) or {})
+    assert calls == list(range(STEPS))
+    # x0 needs the scheduler.step wrapper: a bare callback refuses, attached() matches the wrapper's result
+    b = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1), evaluate_on="x0").fit(reference_latents=refs)
+    want0 = b.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent").images
+    cb0 = MMDGuidanceCallback(b)
+    run = dict(num_inference_steps=STEPS, height=RES, width=RES, output_type="latent", callback_on_step_end=cb0)
+    with pytest.raises(RuntimeError, match="attached"):
+        pipe([PROMPT] * 2, generator=torch.Generator().manual_seed(0), **run)
+    with cb0.attached(pipe, batch=2):
+        got0 = pipe([PROMPT] * 2, generator=torch.Generator().manual_seed(0), **run).images
+    torch.testing.assert_close(got0, want0, rtol=0, atol=1e-6)
+
+
+def test_generator_list_output_and_tuple(pipes):
+    pipe, kw = pipes["sd"]
+    a = DiffusersMMDGuidance(pipe, scale=0.0).fit(reference_latents=torch.randn(4, 4, 8, 8))
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6, 7)]  # noqa: E731
+    out = a.sample(PROMPT, n=3, num_inference_steps=2, generator=gens(), output_type="latent")
+    plain = pipe([PROMPT] * 3, num_inference_steps=2, height=RES, width=RES, generator=gens(), output_type="latent").images
+    assert torch.equal(out.images, plain)
+    split = a.sample(PROMPT, n=3, batch_size=2, num_inference_steps=2, generator=gens(), output_type="latent")
+    torch.testing.assert_close(split.images, plain, rtol=0, atol=1e-4)  # image i uses generator i, whatever the batching
+    imgs, lat, diag = a.sample(PROMPT, n=3, num_inference_steps=2, generator=gens(), output_type="latent",
+                               return_dict=False)
+    assert torch.equal(imgs, plain) and torch.equal(lat, plain) and len(diag) == 1
+    assert lat is a.latents_ and out[0] is out.images and out.to_tuple()[1] is out.latents
+    with pytest.raises(ValueError, match="exactly n=3 torch.Generator"):
+        a.sample(PROMPT, n=3, generator=gens()[:2])
+
+
+def test_concurrent_call_on_one_pipeline_is_a_clear_error(pipes):
+    pipe, kw = pipes["sd"]
+    a = DiffusersMMDGuidance(pipe, scale=0.2).fit(reference_latents=torch.randn(4, 4, 8, 8))
+    errors = []
+
+    def second_call(p, i, t, k):  # a second guided call while the first is inside scheduler.step's wrapper
+        try:
+            a.sample(PROMPT, n=1, num_inference_steps=2, output_type="latent")
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        return {}
+
+    a.sample(PROMPT, n=1, num_inference_steps=2, output_type="latent", callback_on_step_end=second_call)
+    assert errors and "one guided call at a time" in errors[0]
+    assert "step" not in vars(pipe.scheduler)

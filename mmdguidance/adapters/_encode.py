@@ -236,7 +236,8 @@ def _load_cache(path: Path, n: int):
         if not isinstance(lat, torch.Tensor) or lat.ndim != 4 or lat.shape[0] != n:
             raise ValueError(f"expected a (n={n}, C, h, w) tensor, got {type(lat).__name__}")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is re-encoded
-        msg = f"reference latent cache {str(path)!r} is unreadable ({type(exc).__name__}: {exc}); re-encoding"
+        why = (str(exc).strip().splitlines() or [""])[0][:120]
+        msg = f"reference latent cache {str(path)!r} is unreadable ({type(exc).__name__}: {why}); re-encoding"
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         logger.warning(msg)
         return None
