@@ -425,77 +425,69 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
         ----------
         prompt : str or list of n str, optional
             ``None`` for unconditional pipelines, or when ``prompt_embeds`` are passed in ``pipeline_kwargs``.
-        n : int
-        batch_size : int, optional
-            Samples per pipeline call, guided jointly (default ``n``).
+        n, batch_size : int
+            Number of images; samples per pipeline call, guided jointly (default ``n``).
         num_inference_steps : int >= 1
         guidance_scale : float, optional
-            Classifier-free guidance scale (pipeline default if None). The pipelines combine the CFG branches
-            before ``scheduler.step``, so the guidance sees (and, with ``'x0'``, edits) the combined prediction.
+            CFG scale (pipeline default if None); the guidance sees the combined CFG prediction.
         negative_prompt : str or list, optional
         generator : int, torch.Generator, list of n torch.Generator, or None
-            Seeds the pipeline's noise (default ``random_state``); one generator runs through all batches; a list
-            gives one generator per image (as diffusers pipelines take it).
+            The pipeline's noise (default ``random_state``); one generator for all batches, or one per image.
         prompt_features : array (n, Dc), optional
             Prompt features for the product kernel instead of embedding ``prompt``.
         reset_memory : bool
-            Start from an empty memory bank (False keeps ``memory_`` from earlier calls).
+            Start from an empty memory bank (False keeps ``memory_``).
         output_type : str
             Passed to the pipeline ('pil', 'np', 'pt', 'latent'; unconditional pipelines: 'pil', 'np', 'latent').
         return_dict : bool
             Return a :class:`MMDGuidedPipelineOutput` (default) or the tuple ``(images, latents, diagnostics)``.
         progress_bar : bool, optional
             tqdm bar over batches (default: only when interactive).
-        callback_on_step_end : callable, PipelineCallback or MultiPipelineCallbacks, optional
-            A user's callback, run after the guidance at every step (it sees the guided latents and may
-            interrupt the pipeline); its ``callback_on_step_end_tensor_inputs`` are merged with ``['latents']``.
+        callback_on_step_end, callback_on_step_end_tensor_inputs : optional
+            A user's callback (function, PipelineCallback or MultiPipelineCallbacks), run after the guidance.
         **pipeline_kwargs
-            Passed to the pipeline; per-sample tensors (``prompt_embeds``, ``negative_prompt_embeds``,
-            ``pooled_prompt_embeds``, attention masks, ``latents``) must have ``n`` rows and are sliced per batch.
-            img2img arguments (``image``, ``strength``) are refused.
+            Passed to the pipeline; per-sample tensors (``prompt_embeds``, negative / pooled embeddings, attention
+            masks, ``latents``) must have ``n`` rows and are sliced per batch; ``image`` / ``strength`` are refused.
 
         Returns
         -------
-        MMDGuidedPipelineOutput
-            ``images`` (n, by ``output_type``), ``latents`` (n, C, h, w), ``diagnostics`` (per batch:
-            ``{'batch', 'mode', 'steps'}``); with ``return_dict=False`` the tuple of the three.
+        MMDGuidedPipelineOutput or tuple
+            ``images`` (n, by ``output_type``), ``latents`` (n, C, h, w), ``diagnostics`` (per batch).
         """
-        check_is_fitted(self, "mmd_")
-        self._validate()
-        self._check_fitted_state()
         n, bs = self._check_counts(n, batch_size, num_inference_steps, pipeline_kwargs)
         prompts, negs, per_sample = self._split_prompt_args(prompt, negative_prompt, guidance_scale, n, pipeline_kwargs)
         C = self._sample_prompt_features(prompt_features, prompts, n)
         mode = self._hook_mode()
         user_cb = _UserCallback(callback_on_step_end, callback_on_step_end_tensor_inputs, mode)
-        self._warn_unipc()
         gens, dev_gen = self._generators(generator, n)
-        guidance = self._make_guidance()
         memory = None if (reset_memory or self.memory_ is None) else self.memory_
+        guidance = self._make_guidance()
         images, latents, diagnostics = [], [], []
         starts = list(range(0, n, bs))
         for b, s in enumerate(progress(starts, total=len(starts), desc="MMD-guided generation", enable=progress_bar)):
             e = min(s + bs, n)
             kw = self._batch_kwargs(pipeline_kwargs, per_sample, prompts, negs, guidance_scale, s, e)
-            call = GuidedCall(self.pipeline.scheduler, guidance, mode=mode, prompts=None if C is None else C[s:e],
-                              memory=memory, generator=dev_gen)
-            img, lat = self._run_batch(call, kw, num_inference_steps, gens(s, e), output_type, user_cb, e - s)
+            Cb = None if C is None else C[s:e]
+            call = GuidedCall(self.pipeline.scheduler, guidance, mode=mode, prompts=Cb, memory=memory, generator=dev_gen)
+            img, lat = self._run_batch(call, kw, num_inference_steps, gens(s, e), output_type, user_cb)
             images.append(img)
             latents.append(lat)
             diagnostics.append({"batch": b, "mode": mode, "steps": guidance.history})
             guidance.history = []
-            feats = lat.reshape(lat.shape[0], -1).float()  # (b, D)
-            memory = self._update_memory(memory, feats if C is None else torch.cat([feats, C[s:e]], 1))
+            memory = self._update_memory(memory, _features(lat, Cb))
         guidance.warn_if_guarded()
-        self.memory_ = memory
-        self.latents_ = torch.cat(latents, 0)
-        self.diagnostics_ = diagnostics
+        self.memory_, self.latents_, self.diagnostics_ = memory, torch.cat(latents, 0), diagnostics
         self._warn_if_vanished(diagnostics)
         out = MMDGuidedPipelineOutput(images=_concat_images(images), latents=self.latents_, diagnostics=diagnostics)
         return out if return_dict else out.to_tuple()
 
     # ------------------------------------------------------------------ sample helpers
     def _check_counts(self, n, batch_size, num_inference_steps, pipeline_kwargs):
+        """Fitted-state and argument checks (before any work); returns ``(n, batch_size)``."""
+        check_is_fitted(self, "mmd_")
+        self._validate()
+        self._check_fitted_state()
+        self._warn_unipc()
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
             raise ValueError(f"n must be a positive int, got {n!r}")
         bs = int(n) if batch_size is None else _check_int(batch_size, "batch_size", 1)
@@ -546,7 +538,7 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
                 "UniPCMultistepScheduler's corrector recomputes the latents from its stored model outputs and "
                 "discards a post-step edit: MMD guidance in 'xt' mode has (almost) no effect; use evaluate_on='x0' "
                 "(guides the model prediction before the step) or DDIM, DPM-Solver or Euler",
-                GuidanceWarning, stacklevel=3,
+                GuidanceWarning, stacklevel=4,
             )
 
     def _generators(self, generator, n):
@@ -582,7 +574,7 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
             kw["guidance_scale"] = guidance_scale
         return kw
 
-    def _run_batch(self, call, kw, num_inference_steps, gen, output_type, user_cb, b):
+    def _run_batch(self, call, kw, num_inference_steps, gen, output_type, user_cb):
         """Run the pipeline once under ``call``; returns (images, final latents (b, C, h, w))."""
         uncond_latent = self._family() == "uncond" and output_type == "latent"
         kw.update(user_cb.pipeline_kwargs(call, self))
@@ -681,6 +673,12 @@ class _UserCallback:
 
         inputs = list(dict.fromkeys(["latents", *self.inputs]))
         return {"callback_on_step_end": chained, "callback_on_step_end_tensor_inputs": inputs}
+
+
+def _features(lat: torch.Tensor, C: torch.Tensor | None) -> torch.Tensor:
+    """Memory-bank rows (b, D [+ Dc]) of finished latents (b, C, h, w) and their prompt features."""
+    feats = lat.reshape(lat.shape[0], -1).float()  # (b, D)
+    return feats if C is None else torch.cat([feats, C], 1)
 
 
 def _concat_images(parts):
