@@ -174,7 +174,7 @@ def _sched(name, **cfg):
 
     cls = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
            "euler_a": "EulerAncestralDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler",
-           "flow": "FlowMatchEulerDiscreteScheduler"}[name]
+           "unipc": "UniPCMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}[name]
     kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     kw = dict(shift=3.0) if name == "flow" else kw
     kw.update({"ddim": dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1),
@@ -190,7 +190,7 @@ def _x0_cases():
     cases += [(n, dict(prediction_type=pt)) for n in ("euler", "euler_a") for pt in ("epsilon", "v_prediction")]
     cases += [("euler", dict(use_karras_sigmas=True))]
     cases += [("dpm", dict(prediction_type=pt)) for pt in ("epsilon", "v_prediction")]
-    cases += [("dpm", dict(use_karras_sigmas=True)), ("flow", {})]
+    cases += [("dpm", dict(use_karras_sigmas=True)), ("unipc", {}), ("flow", {})]
     return cases
 
 
@@ -214,10 +214,11 @@ def test_x0_seen_by_guidance_is_the_schedulers_own(name, cfg):
     with GuidedCall(guided, rec, mode="step") as call:
         for i, t in enumerate(ref.timesteps):
             mo = torch.randn(3, 2 * C if learned else C, 5, 5, generator=g)
-            sr = ref.step(mo, t, x, generator=torch.Generator().manual_seed(i))
+            gen = lambda: {} if name == "unipc" else {"generator": torch.Generator().manual_seed(i)}  # noqa: E731
+            sr = ref.step(mo, t, x, **gen())
             ref_x0 = _reference_x0(ref, sr, mo, t, x, i)
             gx = copy.deepcopy(x)
-            out = guided.step(mo, t, gx, generator=torch.Generator().manual_seed(i))
+            out = guided.step(mo, t, gx, **gen())
             torch.testing.assert_close(rec.seen[-1].reshape(ref_x0.shape), ref_x0, rtol=1e-5, atol=1e-5)
             got = _reference_x0(guided, out, None, t, gx, i, after=True)
             if got is not None:  # the scheduler continued from the guided x̂0
@@ -530,8 +531,7 @@ def test_saved_pipeline_reloads_offline_and_runs_through_cli(tmp_path, pipes, mo
         (refs / f"r{i}.txt").write_text(cap)
     assert main(args) == 0
     assert json.loads((tmp_path / "out2" / "generate.json").read_text())["prompts"] == ["red car", "a dog"]
-    with pytest.raises(SystemExit):
-        main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--out", str(out)])
+    assert main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--out", str(out)]) == 2
     assert main(["generate", "--pipeline", str(tmp_path), "--refs", str(refs), "--prompt", "a", "--out", str(out)]) == 2
     rc = main(["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(refs), "--prompt", "a", "b",
                "--n", "3", "--out", str(out)])
@@ -855,3 +855,28 @@ def test_generate_cli_baseline_per_step_and_early_errors(tmp_path, pipes, monkey
     (tmp_path / "afile").write_text("x")
     assert main(args[:-1] + [str(tmp_path / "afile")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_generate_cli_unconditional_pipeline(tmp_path):
+    """The paper's unconditional setting from the command line: a saved DDPM pipeline, no prompt."""
+    import json
+
+    from PIL import Image
+
+    from mmdguidance.cli import main
+
+    from ._tiny_pipelines import tiny_uncond
+
+    tiny_uncond("ddpm").save_pretrained(tmp_path / "ddpm")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i, im in enumerate(_images(4)):
+        Image.fromarray(im).save(refs / f"r{i}.png")
+    out = tmp_path / "out"
+    assert main(["generate", "--pipeline", str(tmp_path / "ddpm"), "--refs", str(refs), "--n", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    rep = json.loads((out / "generate.json").read_text())
+    assert rep["pipeline_class"] == "DDPMPipeline" and rep["prompts"] is None and rep["hook"] == "step"
+    assert len(list(out.glob("*.png"))) == 2 and math.isfinite(rep["latent_mmd2_unguided"])
+    assert main(["generate", "--pipeline", str(tmp_path / "ddpm"), "--refs", str(refs), "--prompt", "a dog",
+                 "--out", str(out)]) == 2

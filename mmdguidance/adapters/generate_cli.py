@@ -1,6 +1,7 @@
 """``mmdguidance generate``: MMD-guided generation with a locally saved diffusers pipeline (nothing is downloaded).
 
     mmdguidance generate --pipeline DIR --refs DIR --prompt "a photo of a dog" --n 8 --out DIR
+    mmdguidance generate --pipeline LDM_DIR --refs DIR --n 8 --out DIR      # unconditional (DDPM / DDIM / LDM)
 
 Writes ``<out>/000.png ...`` and ``<out>/generate.json``: the settings, the latent MMD² of the output to the references,
 the same for an unguided run from the same noise (``latent_mmd2_unguided``; skipped with ``--no-baseline``), and a
@@ -23,7 +24,8 @@ def add_arguments(p):
     """Register the ``generate`` options on an argparse (sub)parser."""
     p.add_argument("--pipeline", required=True, help="folder of a pipeline saved with save_pretrained")
     p.add_argument("--refs", required=True, help="folder of reference images (captions in <stem>.txt)")
-    p.add_argument("--prompt", required=True, nargs="+", help="one prompt for all samples, or exactly n prompts")
+    p.add_argument("--prompt", nargs="+", default=None,
+                   help="one prompt for all samples, or exactly n prompts (none for unconditional pipelines)")
     p.add_argument("--n", type=int, default=4, help="number of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=None, help="samples guided jointly per pipeline call (default n)")
@@ -93,7 +95,7 @@ def main(args) -> int:
     if not (pdir / "model_index.json").is_file():
         print(f"error: {pdir} is not a saved diffusers pipeline (no model_index.json)", file=sys.stderr)
         return 2
-    if len(args.prompt) not in (1, args.n):
+    if args.prompt is not None and len(args.prompt) not in (1, args.n):
         print(f"error: got {len(args.prompt)} prompts for --n {args.n}; give one prompt or exactly n", file=sys.stderr)
         return 2
     err = _prepare_out(out)
@@ -110,7 +112,10 @@ def main(args) -> int:
         prompt_kernel=GaussianKernel() if args.prompt_aware else None, height=args.height, width=args.width,
         resize_references=args.resize_refs, cache_dir=args.cache_dir, random_state=args.seed,
     )
-    prompts = args.prompt[0] if len(args.prompt) == 1 else args.prompt
+    prompts = None if args.prompt is None else (args.prompt[0] if len(args.prompt) == 1 else args.prompt)
+    if prompts is None and adapter._family() == "text":
+        print(f"error: {type(pipe).__name__} is a text-to-image pipeline: pass --prompt", file=sys.stderr)
+        return 2
     run = dict(n=args.n, batch_size=args.batch_size, num_inference_steps=args.steps, guidance_scale=args.cfg, **extra)
     try:
         adapter.fit(args.refs)
@@ -122,7 +127,7 @@ def main(args) -> int:
     adapter.set_params(scale=args.scale)
     for i, im in enumerate(res.images):
         im.save(out / f"{i:03d}.png")
-    prompt_list = [prompts] * args.n if isinstance(prompts, str) else prompts
+    prompt_list = [prompts] * args.n if isinstance(prompts, str) else prompts  # None: unconditional
     score = lambda lat: adapter.score_latents(lat, prompts=prompt_list if adapter.prompt_aware else None)  # noqa: E731
     report = {
         "pipeline": str(pdir), "pipeline_class": type(pipe).__name__, "refs": str(args.refs),
