@@ -498,6 +498,18 @@ def test_unipc_warns_and_clone_keeps_pipeline():
             PROMPT, n=1, num_inference_steps=2, output_type="latent", generator=0)
     b = clone(a)
     assert b.pipeline is pipe and b.get_params()["scale"] == 0.2 and not hasattr(b, "mmd_")
+    # x0 acts through the model prediction, which UniPC's predictor and corrector both use: no warning, and it guides
+    base = pipe([PROMPT] * 8, num_inference_steps=STEPS, height=RES, width=RES, output_type="latent",
+                generator=torch.Generator().manual_seed(100)).images
+    refs = base + base.std()
+    m = MMD(kernel=GaussianKernel()).fit(refs.flatten(1))
+    x0 = DiffusersMMDGuidance(pipe, scale=0.2, window=(0, 1), evaluate_on="x0").fit(reference_latents=refs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuidanceWarning)
+        g = x0.sample(PROMPT, n=4, num_inference_steps=STEPS, generator=0, output_type="latent").images
+    u = pipe([PROMPT] * 4, num_inference_steps=STEPS, height=RES, width=RES, output_type="latent",
+             generator=torch.Generator().manual_seed(0)).images
+    assert float(m.score(g.flatten(1))) < 0.5 * float(m.score(u.flatten(1)))
 
 
 # ----------------------------------------------------------------------------- saved pipeline + CLI
