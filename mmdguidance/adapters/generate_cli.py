@@ -83,7 +83,11 @@ def _load_pipeline(pdir: Path, args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if args.fp16 else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(pdir, local_files_only=True, dtype=dtype).to(device)
+    from diffusers.pipelines import pipeline_utils
+
+    # diffusers >= the release with `_resolve_dtype` takes `dtype=` and deprecates `torch_dtype=`; older ones the reverse
+    key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+    pipe = DiffusionPipeline.from_pretrained(pdir, local_files_only=True, **{key: dtype}).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
