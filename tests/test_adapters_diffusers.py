@@ -611,6 +611,10 @@ def test_vanished_gradient_warns_once_naming_the_bandwidth(pipes):
         a.sample(PROMPT, n=1, num_inference_steps=3, generator=0, output_type="latent")
     assert sum("vanished" in str(w.message) for w in rec) == 1
     assert all(s["grad_norm"] == 0.0 for s in a.diagnostics_[0]["steps"])
+    # a batch: the self (repulsion) term keeps the gradient non-zero, but the cross term vanished; still one warning
+    with pytest.warns(GuidanceWarning, match=r"vanished.*cross\) term.*bandwidth") as rec:
+        a.sample(PROMPT, n=3, num_inference_steps=3, generator=0, output_type="latent")
+    assert sum("vanished" in str(w.message) for w in rec) == 1
     ok = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=_shifted_refs(pipe, kw, n=6))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*vanished.*")

@@ -590,21 +590,26 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
         return (lat if uncond_latent else images), lat
 
     def _warn_if_vanished(self, diagnostics):
-        """One :class:`GuidanceWarning` when the guidance gradient was exactly 0 at some guided step."""
+        """One :class:`GuidanceWarning` when the guidance gradient was exactly 0 at some guided step, or when the
+        kernel between the final latents and every reference underflows to 0 (the cross term did nothing)."""
         steps = [st for d in diagnostics for st in d["steps"] if st.get("applied")]
-        dead = [st for st in steps if not st.get("grad_norm", 1.0) > 0.0]
-        if not dead:
+        if not steps:
             return
+        dead = [st for st in steps if not st.get("grad_norm", 1.0) > 0.0]
         kern = getattr(self.mmd_.kernel_, "first_", self.mmd_.kernel_)
-        bw = getattr(kern, "bandwidth_", None)
         Z = self.latents_.reshape(self.latents_.shape[0], -1).float()  # (n, D)
         Y = self.reference_latents_.reshape(self.reference_latents_.shape[0], -1).to(Z)  # (N, D)
-        dist = float(torch.cdist(Z, Y).median())
-        msg = (f"the MMD guidance gradient vanished (exactly 0) at {len(dead)} of {len(steps)} guided steps: the "
-               f"kernel bandwidth {'' if bw is None else np.array2string(np.asarray(bw), precision=4)} is tiny against "
-               f"the typical distance {dist:.4g} between generated and reference latents, so the kernel underflows. "
-               "Are the references on the denoiser's latent scale (same VAE, scaling)? Otherwise use a larger fixed "
-               "bandwidth")
+        with torch.no_grad():
+            cross_dead = not bool((kern.gram(Z, Y) > 0).any())  # (n, N) kernel values all underflowed
+        if not dead and not cross_dead:
+            return
+        bw = getattr(kern, "bandwidth_", None)
+        where = f"at {len(dead)} of {len(steps)} guided steps" if dead else "for the generated-reference (cross) term"
+        msg = (f"the MMD guidance gradient vanished (exactly 0) {where}: the kernel bandwidth "
+               f"{'' if bw is None else np.array2string(np.asarray(bw), precision=4)} is tiny against the typical "
+               f"distance {float(torch.cdist(Z, Y).median()):.4g} between generated and reference latents, so the kernel "
+               "underflows. Are the references on the denoiser's latent scale (same VAE, scaling)? Otherwise use a "
+               "larger fixed bandwidth")
         warnings.warn(msg, GuidanceWarning, stacklevel=3)
         logger.warning(msg)
 
