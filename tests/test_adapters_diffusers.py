@@ -896,3 +896,19 @@ def test_generate_cli_unconditional_pipeline(tmp_path):
     assert len(list(out.glob("*.png"))) == 2 and math.isfinite(rep["latent_mmd2_unguided"])
     assert main(["generate", "--pipeline", str(tmp_path / "ddpm"), "--refs", str(refs), "--prompt", "a dog",
                  "--out", str(out)]) == 2
+
+
+def test_user_callback_can_interrupt_a_guided_call(pipes):
+    pipe, kw = pipes["sd"]
+    a = DiffusersMMDGuidance(pipe, scale=0.3, window=(0, 1)).fit(reference_latents=_shifted_refs(pipe, kw, n=6))
+
+    def stop_after_two(p, i, t, k):
+        if i == 1:
+            p._interrupt = True
+        return {}
+
+    out = a.sample(PROMPT, n=2, num_inference_steps=STEPS, generator=0, output_type="latent",
+                   callback_on_step_end=stop_after_two)
+    steps = out.diagnostics[0]["steps"]
+    assert [s["step"] for s in steps] == [0, 1] and all(s["applied"] for s in steps)
+    assert torch.equal(out.images, out.latents)  # the pipeline returned the guided latents of step 1
