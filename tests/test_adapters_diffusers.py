@@ -479,6 +479,8 @@ def test_bad_input(tmp_path, pipes):
         pa.fit(reference_latents=refs, prompts=["a", "b"])
     with pytest.raises(ValueError, match="scale must be >= 0"):
         DiffusersMMDGuidance(pipe, scale=-1.0).fit(reference_latents=refs)
+    with pytest.raises(ValueError, match="x0_jacobian.*not supported by the diffusers adapter"):
+        DiffusersMMDGuidance(pipe, evaluate_on="x0_jacobian").fit(reference_latents=refs)
     with pytest.raises(ValueError, match="unknown hook"):
         DiffusersMMDGuidance(pipe, hook="nope").fit(reference_latents=refs)
     with pytest.raises(TypeError, match="not supported.*StableDiffusionXLPipeline.*DDPMPipeline"):

@@ -41,13 +41,14 @@ from diffusers.utils import BaseOutput
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import (as_tensor, check_array_2d, check_option, check_random_state_torch, logger,
-                      progress)
-from ..guidance import GuidanceWarning, _check_int, _GuidedEstimatorMixin
+from .._guided_estimator import GuidedEstimatorBase
+from .._utils import as_tensor, check_array_2d, check_option, check_random_state_torch, logger, progress
+from .._utils import check_int as _check_int
+from ..guidance import GuidanceWarning
 from ._encode import _fit_resolution, encode_images, load_images, pixels
 from ._hooks import GuidedCall
-from .callback import MMDGuidanceCallback
 from ._prompts import check_prompt_list, pipeline_text_embedder
+from .callback import MMDGuidanceCallback
 from ._schedulers import scheduler_family
 
 __all__ = ["DiffusersMMDGuidance", "MMDGuidedPipelineOutput", "MMDGuidanceCallback", "pipeline_text_embedder", "HOOKS",
@@ -75,7 +76,7 @@ _PER_SAMPLE_KWARGS = (
 
 
 # =========================================================================== the adapter
-class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
+class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
     r"""MMD guidance on the latents of a diffusers pipeline.
 
     Parameters
@@ -262,6 +263,9 @@ class DiffusersMMDGuidance(_GuidedEstimatorMixin, BaseEstimator):
         _check_int(self.encode_batch_size, "encode_batch_size", 1)
         if self.text_embedder is not None and not callable(self.text_embedder):
             raise TypeError("text_embedder must be a callable list[str] -> (n, Dc)")
+        if self.evaluate_on == "x0_jacobian":
+            raise ValueError("evaluate_on='x0_jacobian' is not supported by the diffusers adapter (it needs a "
+                             "differentiable model call per step); use evaluate_on='x0' (exact Tweedie x0) or 'xt'")
         if self.prompt_aware and self._family() == "uncond":
             raise ValueError(f"{type(self.pipeline).__name__} is unconditional: prompt-aware guidance needs prompts")
 
