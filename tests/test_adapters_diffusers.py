@@ -914,3 +914,37 @@ def test_user_callback_can_interrupt_a_guided_call(pipes):
     steps = out.diagnostics[0]["steps"]
     assert [s["step"] for s in steps] == [0, 1] and all(s["applied"] for s in steps)
     assert torch.equal(out.images, out.latents)  # the pipeline returned the guided latents of step 1
+
+
+def test_exact_x0_on_the_bundled_trained_pipeline():
+    """The trained shapes pipeline (assets/shapes-ldm, DDIM): x̂0 guidance is bit-identical at scale 0, sees the
+    scheduler's own pred_original_sample, and lowers the latent MMD² to the bundled red references."""
+    from pathlib import Path
+
+    from experiments.t2i_train import load_pipeline
+
+    root = Path(__file__).resolve().parents[1] / "assets"
+    pipe = load_pipeline(root / "shapes-ldm")
+    kw = dict(num_inference_steps=4, guidance_scale=4.0, output_type="latent")
+    lat = torch.randn((4, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    plain = pipe(["a circle"] * 4, latents=lat, **kw).images
+    a = DiffusersMMDGuidance(pipe, scale=0.0, evaluate_on="x0").fit(root / "refs-red")
+    assert torch.equal(a.sample("a circle", n=4, latents=lat, **kw).images, plain)
+    seen, orig = [], pipe.scheduler.step
+
+    def spy(mo, t, x, *args, **k):  # the scheduler's own x̂0 of each step (installed under the adapter's wrapper)
+        out = orig(mo, t, x, *args, **k)
+        seen.append(out[1] if isinstance(out, tuple) else out.pred_original_sample)
+        return out
+
+    pipe.scheduler.step = spy
+    try:
+        b = DiffusersMMDGuidance(pipe, scale=0.2, evaluate_on="x0").fit(root / "refs-red")
+        out = b.sample("a circle", n=4, latents=lat, **kw)
+    finally:
+        del pipe.scheduler.step
+    assert b.score_latents(out.latents) < b.score_latents(plain)
+    mmd2 = [s["mmd2"] for s in out.diagnostics[0]["steps"] if s["applied"]]
+    assert len(seen) == 4 and len(mmd2) == 3  # default window (0, 0.8): steps 0-2 guided
+    ref_m = [float(b.mmd_.score(x.flatten(1))) for x in seen[:3]]  # MMD² of the scheduler's (guided) x̂0
+    np.testing.assert_allclose(mmd2, ref_m, rtol=1e-4)
