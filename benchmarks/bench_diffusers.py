@@ -181,7 +181,7 @@ def _bench_model(kind, size, device, dtype):
 
     def guided(a, seed):
         return a.sample(None, n=B, num_inference_steps=steps, generator=seed, output_type="latent",
-                        reset_memory=False, **kw)
+                        reset_memory=False, **kw).images
 
     def timed(fn):
         _sync(device)

@@ -146,7 +146,7 @@ def generate(pipe, spec: dict, refs, method: str, scale: float, seed: int, cfg: 
         ad = DiffusersMMDGuidance(pipe, scale=scale, prompt_kernel=GaussianKernel() if aware else None,
                                   diagnostics=False, **kw)
         ad.fit(reference_images=imgs, prompts=caps if aware else None)
-        out = ad.sample(prompts, n=n, batch_size=bs, latents=lat, progress_bar=False, **call)
+        out = ad.sample(prompts, n=n, batch_size=bs, latents=lat, progress_bar=False, **call).images
     return np.round(np.asarray(out) * 255).astype(np.uint8)
 
 

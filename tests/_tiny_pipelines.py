@@ -172,3 +172,120 @@ def tiny_sd3(seed=0):
     kw = dict(prompt_embeds=pe, pooled_prompt_embeds=pp, negative_prompt_embeds=torch.zeros_like(pe),
               negative_pooled_prompt_embeds=torch.zeros_like(pp))
     return pipe, kw
+
+
+def tiny_unet2d(in_channels=3, sample_size=RES, seed=0):
+    """An unconditional UNet2DModel (channels (8, 16))."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+
+
+def tiny_uncond(kind="ddpm", seed=0):
+    """Unconditional pipelines: pixel-space 'ddpm' / 'ddim' (3 x RES x RES) or 'ldm' (VQModel, latents 3 x RES/2)."""
+    from diffusers import DDIMPipeline, DDPMPipeline, LDMPipeline, VQModel
+
+    if kind == "ldm":
+        torch.manual_seed(seed)
+        vq = VQModel(in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+                     down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                     norm_num_groups=4, num_vq_embeddings=32, vq_embed_dim=3, sample_size=RES).eval()
+        pipe = LDMPipeline(vqvae=vq, unet=tiny_unet2d(3, RES // 2, seed), scheduler=make_scheduler("ddim"))
+    else:
+        cls = DDPMPipeline if kind == "ddpm" else DDIMPipeline
+        pipe = cls(unet=tiny_unet2d(3, RES, seed), scheduler=make_scheduler(kind))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def evaluation_point_table(seeds=(0, 1, 2), steps=8, n=8, scale=0.2):
+    """Guided / unguided latent MMD² on tiny pipelines, ``evaluate_on`` 'xt' vs 'x0' (the numbers of docs/diffusers.md).
+
+    Targets built from 16 unguided latents (seed 100) of the same pipeline: 'shift' (plus one std), 'subset' (those
+    with above-mean first-channel mean), 'scaled' (times 0.5). MMD²: the project's ``MMD`` with a median-bandwidth
+    Gaussian kernel fitted on the target; guidance at the adapter's defaults except ``scale``; per seed, the ratio to
+    the unguided run from the same noise. Returns ``{pipeline: {target: {mode: [ratio per seed]}}}``.
+    """
+    import warnings
+
+    from mmdguidance import MMD, GaussianKernel
+    from mmdguidance.adapters.diffusers import DiffusersMMDGuidance
+
+    setups = {"sd (ddim)": (tiny_sd(), {}), "sdxl (euler)": (tiny_sdxl(), {}),
+              "pixart (dpm-solver)": (tiny_pixart(), PIXART_KW), "pixart (ddim)": (tiny_pixart(scheduler="ddim"), PIXART_KW)}
+    out = {}
+    for name, (pipe, kw) in setups.items():
+        def plain(k, seed):
+            return pipe(["a photo of cat"] * k, num_inference_steps=steps, height=RES, width=RES, output_type="latent",
+                        generator=torch.Generator().manual_seed(seed), **kw).images
+
+        base = plain(16, 100)
+        targets = {"shift": base + base.std(), "subset": base[base[:, 0].mean((1, 2)) > base[:, 0].mean()],
+                   "scaled": 0.5 * base}
+        out[name] = {}
+        for tname, refs in targets.items():
+            m = MMD(kernel=GaussianKernel()).fit(refs.flatten(1))
+            row = {}
+            for ev in ("xt", "x0"):
+                a = DiffusersMMDGuidance(pipe, scale=scale, evaluate_on=ev).fit(reference_latents=refs)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    g = [a.sample("a photo of cat", n=n, num_inference_steps=steps, generator=s, output_type="latent",
+                                  **kw).images for s in seeds]
+                row[ev] = [round(float(m.score(x.flatten(1))) / float(m.score(plain(n, s).flatten(1))), 3)
+                           for x, s in zip(g, seeds)]
+            out[name][tname] = row
+    return out
+
+
+def exact_model_solver_table(scales=(0.1, 0.2, 0.4), seeds=(0, 1, 2), steps=20, n=200, d=8):
+    """DDIM vs DPM-Solver++ 2M with an *exact* denoiser, 'xt' vs 'x0' (the PixArt question of docs/diffusers.md).
+
+    Data: a 4-mode Gaussian mixture in ``d`` dims (means ±3 on the first two axes, covariance 0.25 I); target: the two
+    modes with positive first coordinate; 100 references drawn from it. The model's ε is exact at the scheduler's own
+    noise level of each step (``mixture.noised(ᾱ).score``). The scheduler is driven through the adapter's
+    :class:`~mmdguidance.adapters._hooks.GuidedCall` (``hook='step'``). Metric: the project's ``MMD`` (median-bandwidth
+    Gaussian kernel fitted on 2000 target samples) of ``n`` samples; per scale, the mean over seeds of guided /
+    unguided (same noise). Returns ``{scheduler: {mode: {scale: ratio}}}``.
+    """
+    import numpy as np
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from mmdguidance import MMD, GaussianKernel, MMDGuidance
+    from mmdguidance.adapters._hooks import GuidedCall
+    from mmdguidance.adapters._schedulers import input_level, step_index
+    from mmdguidance.gmm import GaussianMixture
+
+    means = np.zeros((4, d))
+    means[:, :2] = [[3, 3], [3, -3], [-3, 3], [-3, -3]]
+    mix = GaussianMixture(weights=np.full(4, 0.25), means=means, covariances=0.25)
+    target = mix.subset([0, 1])
+    refs = torch.as_tensor(target.sample(100, random_state=0), dtype=torch.float32)
+    judge = MMD(kernel=GaussianKernel()).fit(torch.as_tensor(target.sample(2000, random_state=1), dtype=torch.float32))
+    kw = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    makers = {"ddim": lambda: DDIMScheduler(**kw, set_alpha_to_one=False, steps_offset=1, clip_sample=False),
+              "dpm-solver++ 2M": lambda: DPMSolverMultistepScheduler(**kw)}
+
+    def run(make, mode, scale, seed):
+        s = make()
+        s.set_timesteps(steps)
+        x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+        g = MMDGuidance(mmd=MMD(kernel=GaussianKernel()).fit(refs), scale=scale, evaluate_on=mode, window=(0.0, 0.8))
+        with GuidedCall(s, g, mode="step"):
+            for i, t in enumerate(s.timesteps):
+                A, S = input_level(s, t, step_index(s, t, i))
+                eps = -S * torch.as_tensor(mix.noised(A**2).score(x.double()), dtype=torch.float32)
+                x = s.step(eps, t, x).prev_sample
+        return float(judge.score(x))
+
+    out = {}
+    for name, make in makers.items():
+        base = [run(make, "xt", 0.0, sd) for sd in seeds]
+        out[name] = {"unguided MMD2": round(float(np.mean(base)), 5)}
+        for mode in ("xt", "x0"):
+            out[name][mode] = {sc: round(float(np.mean([run(make, mode, sc, sd) / b for sd, b in zip(seeds, base)])), 3)
+                               for sc in scales}
+    return out

@@ -90,10 +90,10 @@ def test_adapter_on_the_trained_pipeline(pipe):
     plain = pipe(["a circle"] * 4, **kw).images
     ad = DiffusersMMDGuidance(pipe, scale=0.0).fit(reference_images=refs)
     assert ad.reference_latents_.shape == (8, 4, 8, 8)
-    np.testing.assert_allclose(ad.sample("a circle", n=4, **kw), plain, atol=1e-6)
+    np.testing.assert_allclose(ad.sample("a circle", n=4, **kw).images, plain, atol=1e-6)
     ad.set_params(scale=0.2)
-    g1, z1 = ad.sample("a circle", n=4, return_latents=True, **kw)
-    g2 = ad.sample("a circle", n=4, **kw)
+    g1, z1, _ = ad.sample("a circle", n=4, return_dict=False, **kw)
+    g2 = ad.sample("a circle", n=4, **kw).images
     assert z1.shape == (4, 4, 8, 8) and g1.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(g1, g2)
     assert np.abs(g1 - plain).mean() > 1e-3
@@ -104,7 +104,7 @@ def test_adapter_on_the_trained_pipeline(pipe):
 def test_bundled_reference_folder(pipe):
     from mmdguidance.adapters._encode import load_images
 
-    arrays, caps = load_images(REFS)
+    arrays, caps, _ = load_images(REFS)
     assert len(arrays) >= 16 and all(c is not None for c in caps)
     codes = read_attributes(np.stack(arrays))
     assert np.all(codes["colour"] == 0)

@@ -1,14 +1,15 @@
 """Adapters to external diffusion libraries (optional extras).
 
-``from mmdguidance.adapters.diffusers import DiffusersMMDGuidance`` (needs ``pip install 'mmdguidance[diffusers]'``).
+``from mmdguidance.adapters.diffusers import DiffusersMMDGuidance`` (needs ``pip install 'mmdguidance[diffusers]'``);
+``from mmdguidance.adapters.callback import MMDGuidanceCallback`` (the guidance as a diffusers ``PipelineCallback``).
 """
 
-__all__ = ["DiffusersMMDGuidance"]
+__all__ = ["DiffusersMMDGuidance", "MMDGuidanceCallback", "MMDGuidedPipelineOutput"]
 
 
 def __getattr__(name):
-    if name == "DiffusersMMDGuidance":
-        from .diffusers import DiffusersMMDGuidance
+    if name in __all__:
+        from . import diffusers as _d
 
-        return DiffusersMMDGuidance
+        return getattr(_d, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,22 +1,23 @@
-r"""Noise levels of diffusers schedulers and the per-call guidance hook.
+r"""The per-call guidance hook: a wrapper of ``scheduler.step`` (public API) and the post-step callbacks.
 
-Every supported scheduler writes its latents as :math:`x = a\,x_0 + s\,\epsilon`:
+Two evaluation points (see :mod:`._schedulers` for the noise levels and the conversions):
 
-* variance preserving (DDPM, DDIM, DPM-Solver, PNDM, UniPC, ...): :math:`a = \sqrt{\bar\alpha_t}`,
-  :math:`s = \sqrt{1-\bar\alpha_t}` from ``scheduler.alphas_cumprod`` at the timestep, or, where the scheduler
-  keeps per-step ``sigmas`` (DPM-Solver, UniPC: :math:`\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}`),
-  :math:`\bar\alpha = 1/(1+\sigma^2)` from them (exact with Karras sigmas);
-* variance exploding / Karras (Euler, Euler ancestral, ``init_noise_sigma > 1``): :math:`a = 1, s = \sigma`;
-* flow matching (SD3, Flux): :math:`a = 1-\sigma, s = \sigma`.
+* ``evaluate_on='x0'`` -- *before* the scheduler step, through the model's prediction: the step's model output
+  (after classifier-free guidance, which the pipelines combine before ``scheduler.step``) is converted to the Tweedie
+  :math:`\hat x_0` at the step's own input point and noise level, :class:`~mmdguidance.guidance.MMDGuidance` updates
+  :math:`\hat x_0` (with ``alpha_bar=1`` it evaluates on its input directly), the updated :math:`\hat x_0` is converted
+  back to the model output the scheduler expects, and the original step runs. The :math:`\hat x_0` the kernel sees is
+  exactly the scheduler's ``pred_original_sample`` (DDIM any spacing / prediction, DDPM, Euler, Euler ancestral),
+  DPM-Solver's converted model output and flow matching's :math:`x - \sigma v`; stochastic steps add their noise
+  after the guidance, and multistep solvers store the guided prediction in their history.
+* ``evaluate_on='xt'`` / ``'noised_refs'`` -- *after* the step, on the returned sample, at its landing noise level
+  by the scheduler's own previous-timestep rule, in VP coordinates :math:`\tilde x = x / r`,
+  :math:`r = \sqrt{A^2+S^2}`, :math:`\bar\alpha = A^2/r^2` (the update is mapped back by :math:`r`). Applied from
+  ``callback_on_step_end``, the legacy ``callback`` (in place) or the wrapper itself (``hook='step'``).
 
-The guidance works in the equivalent *VP coordinates* :math:`\tilde x = x / r`, :math:`r = \sqrt{a^2+s^2}`,
-:math:`\bar\alpha = a^2/r^2`, so :class:`~mmdguidance.guidance.MMDGuidance` sees the same problem for
-every scheduler (its update is applied to :math:`\tilde x` and mapped back by :math:`r`). The model
-output of the step is converted to the VP noise :math:`\epsilon` (``epsilon``: itself; ``v_prediction``:
-:math:`\epsilon = \tilde a v + \tilde s \tilde x`; ``sample``: from :math:`\hat x_0`; flow velocity
-:math:`v = \epsilon - x_0`: :math:`\epsilon = x + (1-\sigma) v`), which gives the Tweedie estimate
-:math:`\hat x_0 = (\tilde x' - \sqrt{1-\bar\alpha'}\,\epsilon)/\sqrt{\bar\alpha'}` at the post-step point
-(for DDIM with :math:`\eta = 0` and for Euler this is exactly the scheduler's ``pred_original_sample``).
+One pipeline call at a time per scheduler: entering a :class:`GuidedCall` on a scheduler whose ``step`` is
+already wrapped raises ``RuntimeError`` (two threads sharing one pipeline would interleave the scheduler's own
+state anyway; use one pipeline, or one scheduler copy, per thread).
 """
 
 from __future__ import annotations
@@ -25,72 +26,25 @@ import math
 
 import torch
 
-__all__ = ["noise_level", "vp_eps", "scheduler_family", "GuidedCall"]
+from ._schedulers import from_x0, landing_level, step_index, to_x0, x0_coefficients
 
+__all__ = ["GuidedCall"]
 
-def scheduler_family(scheduler) -> str:
-    """'flow', 'sigma' (variance exploding) or 'vp'; ``TypeError`` for a scheduler with none of these."""
-    if "FlowMatch" in type(scheduler).__name__:
-        return "flow"
-    if hasattr(scheduler, "sigmas") and float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0 + 1e-6:
-        return "sigma"
-    if hasattr(scheduler, "alphas_cumprod"):
-        return "vp"
-    raise TypeError(f"unsupported scheduler {type(scheduler).__name__}: no alphas_cumprod, sigmas or flow matching")
-
-
-def noise_level(scheduler, index: int) -> tuple[float, float]:
-    r"""``(a, s)`` of the latents after ``index`` completed steps (``index = len(timesteps)``: clean, ``(1, 0)``)."""
-    fam = scheduler_family(scheduler)
-    n = len(scheduler.timesteps)
-    if index >= n:
-        return 1.0, 0.0
-    if fam == "vp":
-        sig = getattr(scheduler, "sigmas", None)
-        if sig is not None and len(sig) == n + 1:  # DPM-Solver / UniPC: VE sigmas of the VP latents, exact under Karras
-            ab = 1.0 / (1.0 + float(sig[index]) ** 2)
-        else:
-            ab = float(scheduler.alphas_cumprod[int(scheduler.timesteps[index])])
-        return math.sqrt(ab), math.sqrt(1.0 - ab)
-    sig = float(scheduler.sigmas[index])
-    return (1.0 - sig, sig) if fam == "flow" else (1.0, sig)
-
-
-def vp_eps(scheduler, model_output: torch.Tensor, sample: torch.Tensor, index: int) -> torch.Tensor:
-    r"""The noise :math:`\epsilon` (B, ...) float32 implied by ``model_output`` at the step's input ``sample``."""
-    C = sample.shape[1]
-    mo = model_output.float()
-    if mo.shape[1] == 2 * C:  # learned variance: the first half is the mean prediction
-        mo = mo[:, :C]
-    x = sample.float()
-    a, s = noise_level(scheduler, index)
-    if scheduler_family(scheduler) == "flow":
-        return x + (1.0 - s) * mo
-    pt = getattr(scheduler.config, "prediction_type", "epsilon")
-    if pt == "epsilon":
-        return mo
-    r = math.hypot(a, s)
-    an, sn = a / r, s / r
-    if pt == "v_prediction":
-        return an * mo + sn * (x / r)
-    if pt == "sample":
-        return (x / r - an * mo) / max(sn, 1e-12)
-    raise ValueError(f"unsupported prediction_type={pt!r} (expected 'epsilon', 'v_prediction' or 'sample')")
+_WRAPPED = "_mmdguidance_wrapped"
 
 
 class GuidedCall:
     r"""State of one guided pipeline call: wraps ``scheduler.step`` and applies the guidance.
 
-    The wrapper records the step's model output and input latents and counts the steps (the
-    guidance schedule is indexed by this counter, never by raw timestep values). The guidance is
-    applied by :meth:`guide`, from ``callback_on_step_end``, the legacy ``callback`` (in place) or,
-    in mode ``'step'``, inside the wrapper itself.
+    The step counter ``count`` indexes the guidance schedule (never raw timestep values); ``final`` is the
+    last sample the pipeline holds (after any post-step guidance).
 
     Parameters
     ----------
     scheduler : diffusers scheduler
     guidance : MMDGuidance
     mode : {'callback_on_step_end', 'callback', 'step'}
+        Where the post-step (``'xt'``) update is applied; ``'x0'`` always acts inside the wrapper.
     prompts : Tensor (B, Dc) or None
         Prompt features of the batch (prompt-aware guidance).
     memory : Tensor (M, D [+ Dc]) or None
@@ -108,64 +62,118 @@ class GuidedCall:
         self.count = 0
         self.final = None
         self._last = None
+        self._wrapped = False
+
+    @property
+    def pre_step(self) -> bool:
+        """Whether the guidance acts before the step (``evaluate_on='x0'``)."""
+        return self.guidance.evaluate_on == "x0"
 
     # -------------------------------------------------------------- scheduler.step wrapper
     def __enter__(self):
         sch = self.scheduler
+        if getattr(sch.step, _WRAPPED, False):
+            raise RuntimeError(
+                f"{type(sch).__name__}.step is already wrapped by a running MMD-guided call: one guided call at a time "
+                "per pipeline (use one pipeline, or a copy of its scheduler, per thread)"
+            )
         self._had_attr = "step" in vars(sch)
         self._orig_attr = vars(sch).get("step")
         orig = sch.step
 
         def step(model_output, timestep, sample, *args, **kwargs):
-            self._last = (model_output, sample, timestep, self.count)
+            idx = step_index(sch, timestep, self.count)
+            self._last = (timestep, idx, self.count)
+            if self.pre_step:
+                model_output = self.guide_x0(model_output, timestep, sample, idx)
             out = orig(model_output, timestep, sample, *args, **kwargs)
             self.count += 1
-            if self.mode == "step":
+            prev = out[0] if isinstance(out, tuple) else out.prev_sample
+            if self.mode == "step" and not self.pre_step:
+                prev = self.guide(prev)
                 if isinstance(out, tuple):
-                    out = (self.guide(out[0]),) + tuple(out[1:])
+                    out = (prev,) + tuple(out[1:])
                 else:
-                    out.prev_sample = self.guide(out.prev_sample)
+                    out.prev_sample = prev
+            self.final = prev
             return out
 
+        setattr(step, _WRAPPED, True)
         sch.step = step
+        self._wrapped = True
         return self
 
     def __exit__(self, *exc):
+        self._wrapped = False
         if self._had_attr:
             self.scheduler.step = self._orig_attr
         else:
             del self.scheduler.step
         return False
 
-    # -------------------------------------------------------------- the update
+    # -------------------------------------------------------------- the updates
+    @torch.no_grad()
+    def guide_x0(self, model_output, timestep, sample, idx: int):
+        """The model output with its Tweedie :math:`\\hat x_0` guided (unchanged where guidance is inactive)."""
+        g = self.guidance
+        num_steps = len(self.scheduler.timesteps)
+        if not g.is_active(self.count, num_steps):
+            g.history.append({"step": self.count, "t": _t(timestep), "applied": False})
+            return model_output
+        coef = x0_coefficients(self.scheduler, timestep, idx)
+        x0 = to_x0(model_output, sample, coef)  # (B, C, h, w) float32
+        flat = x0.reshape(x0.shape[0], -1)  # (B, D)
+        new = g(flat, step=self.count, num_steps=num_steps, alpha_bar=1.0, eps=torch.zeros_like(flat),
+                prompts=self.prompts, memory=self.memory, generator=self.generator, t=timestep)
+        return from_x0(new.reshape(x0.shape), model_output, sample, coef)
+
     @torch.no_grad()
     def guide(self, latents: torch.Tensor) -> torch.Tensor:
-        """Guided latents after the step just taken (same shape, dtype, device)."""
+        """Guided latents after the step just taken (same shape, dtype, device); identity in ``'x0'`` mode."""
         if self._last is None:
             raise RuntimeError("guidance hook called before any scheduler step")
-        model_output, sample, t, idx = self._last
-        num_steps = len(self.scheduler.timesteps)
-        g = self.guidance
-        if not g.is_active(idx, num_steps):
-            g.history.append({"step": idx, "t": float(t) if t is not None else None, "applied": False})
+        if self.pre_step:
             self.final = latents
             return latents
-        a, s = noise_level(self.scheduler, idx + 1)
+        t, idx, count = self._last
+        num_steps = len(self.scheduler.timesteps)
+        g = self.guidance
+        if not g.is_active(count, num_steps):
+            g.history.append({"step": count, "t": _t(t), "applied": False})
+            self.final = latents
+            return latents
+        a, s = landing_level(self.scheduler, t, idx)
         r = math.hypot(a, s)
         x = latents.reshape(latents.shape[0], -1).float() / r  # (B, D) VP coordinates, float32
-        eps = None
-        if g.evaluate_on == "x0":
-            eps = vp_eps(self.scheduler, model_output, sample, idx).reshape(x.shape)  # (B, D)
-        new = g(x, step=idx, num_steps=num_steps, alpha_bar=(a / r) ** 2, eps=eps, prompts=self.prompts,
-                memory=self.memory, generator=self.generator, t=t)
+        new = g(x, step=count, num_steps=num_steps, alpha_bar=(a / r) ** 2, prompts=self.prompts, memory=self.memory,
+                generator=self.generator, t=t)
         out = (new * r).reshape(latents.shape).to(latents.dtype)
         self.final = out
         return out
 
-    def callback_on_step_end(self, pipe, i, t, callback_kwargs):
-        """``callback_on_step_end`` hook: returns the guided ``latents``."""
-        return {"latents": self.guide(callback_kwargs["latents"])}
+    def post_step(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
+        """The post-step hook (callbacks): guided ``latents`` after step ``i`` at timestep ``t``.
+
+        Without the ``scheduler.step`` wrapper (a bare :class:`~.callback.MMDGuidanceCallback`), the step is read
+        from the callback's arguments and the scheduler's ``step_index`` (already advanced by the step).
+        """
+        if not self._wrapped:
+            if self.pre_step:
+                raise RuntimeError(
+                    "evaluate_on='x0' guides before scheduler.step, which a callback cannot do: run the pipeline "
+                    "inside `with callback.attached(pipe):` (or use DiffusersMMDGuidance.sample), or use evaluate_on='xt'"
+                )
+            si = getattr(self.scheduler, "step_index", None)
+            self._last = (t, int(si) - 1 if si is not None else int(i), int(i))
+            self.count = int(i) + 1
+        return self.guide(latents)
 
     def legacy_callback(self, i, t, latents):
         """Legacy ``callback(step, t, latents)``: edits the latents in place."""
-        latents.copy_(self.guide(latents))
+        latents.copy_(self.post_step(i, t, latents))
+
+
+def _t(t):
+    if isinstance(t, torch.Tensor):
+        return t.item() if t.numel() == 1 else t.tolist()
+    return t

@@ -1,9 +1,12 @@
 """``mmdguidance generate``: MMD-guided generation with a locally saved diffusers pipeline (nothing is downloaded).
 
     mmdguidance generate --pipeline DIR --refs DIR --prompt "a photo of a dog" --n 8 --out DIR
+    mmdguidance generate --pipeline LDM_DIR --refs DIR --n 8 --out DIR      # unconditional (DDPM / DDIM / LDM)
 
-Writes ``<out>/000.png ...`` and ``<out>/generate.json`` (settings, latent MMD² of the output to the references,
-per-step diagnostics summary). diffusers is imported only when the command runs.
+Writes ``<out>/000.png ...`` and ``<out>/generate.json``: the settings, the latent MMD² of the output to the references,
+the same for an unguided run from the same noise (``latent_mmd2_unguided``; skipped with ``--no-baseline``), and a
+per-step summary of the guidance (mean over batches of MMD², gradient norm and step size). The output folder is
+checked (and created) before anything is loaded. diffusers is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ def add_arguments(p):
     """Register the ``generate`` options on an argparse (sub)parser."""
     p.add_argument("--pipeline", required=True, help="folder of a pipeline saved with save_pretrained")
     p.add_argument("--refs", required=True, help="folder of reference images (captions in <stem>.txt)")
-    p.add_argument("--prompt", required=True, nargs="+", help="one prompt for all samples, or exactly n prompts")
+    p.add_argument("--prompt", nargs="+", default=None,
+                   help="one prompt for all samples, or exactly n prompts (none for unconditional pipelines)")
     p.add_argument("--n", type=int, default=4, help="number of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=None, help="samples guided jointly per pipeline call (default n)")
@@ -39,60 +43,107 @@ def add_arguments(p):
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--fp16", action="store_true", help="load the pipeline in float16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="skip the unguided same-noise baseline run")
+
+
+def _prepare_out(out: Path) -> str | None:
+    """Create the output folder; an error message if it cannot be used."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create --out {out}: {exc}"
+    if not os.access(out, os.W_OK):
+        return f"--out {out} is not writable"
+    return None
+
+
+def step_summary(diagnostics) -> list[dict]:
+    """Per step index: how many batches were guided and the mean of their ``mmd2``, ``grad_norm``, ``step_size``."""
+    rows: dict[int, list[dict]] = {}
+    for d in diagnostics:
+        for st in d["steps"]:
+            rows.setdefault(int(st["step"]), []).append(st)
+    out = []
+    for i in sorted(rows):
+        applied = [st for st in rows[i] if st.get("applied")]
+        row = {"step": i, "guided_batches": len(applied)}
+        for k in ("mmd2", "grad_norm", "step_size"):
+            vals = [float(st[k]) for st in applied if k in st]
+            if vals:
+                row[k] = sum(vals) / len(vals)
+        out.append(row)
+    return out
+
+
+def _load_pipeline(pdir: Path, args):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if args.fp16 else torch.float32
+    from diffusers.pipelines import pipeline_utils
+
+    # diffusers >= the release with `_resolve_dtype` takes `dtype=` and deprecates `torch_dtype=`; older ones the reverse
+    key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+    pipe = DiffusionPipeline.from_pretrained(pdir, local_files_only=True, **{key: dtype}).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def main(args) -> int:
     """Run the command; returns a process exit code (2 on bad input)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from diffusers import DiffusionPipeline
-
-    from ..kernels import GaussianKernel
-    from .diffusers import DiffusersMMDGuidance
-
-    pdir = Path(args.pipeline)
+    pdir, out = Path(args.pipeline), Path(args.out)
     if not (pdir / "model_index.json").is_file():
         print(f"error: {pdir} is not a saved diffusers pipeline (no model_index.json)", file=sys.stderr)
         return 2
-    if len(args.prompt) not in (1, args.n):
+    if args.prompt is not None and len(args.prompt) not in (1, args.n):
         print(f"error: got {len(args.prompt)} prompts for --n {args.n}; give one prompt or exactly n", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if args.fp16 else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(pdir, local_files_only=True, torch_dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    extra = {}
-    if type(pipe).__name__.startswith("PixArt"):
-        extra = {"use_resolution_binning": False, "clean_caption": False}
+    err = _prepare_out(out)
+    if err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from ..kernels import GaussianKernel
+    from .diffusers import DiffusersMMDGuidance
+
+    pipe = _load_pipeline(pdir, args)
+    extra = {"use_resolution_binning": False, "clean_caption": False} if type(pipe).__name__.startswith("PixArt") else {}
     adapter = DiffusersMMDGuidance(
         pipe, scale=args.scale, evaluate_on=args.evaluate_on, window=tuple(args.window), memory_size=args.memory_size,
         prompt_kernel=GaussianKernel() if args.prompt_aware else None, height=args.height, width=args.width,
         resize_references=args.resize_refs, cache_dir=args.cache_dir, random_state=args.seed,
     )
+    prompts = None if args.prompt is None else (args.prompt[0] if len(args.prompt) == 1 else args.prompt)
+    if prompts is None and adapter._family() == "text":
+        print(f"error: {type(pipe).__name__} is a text-to-image pipeline: pass --prompt", file=sys.stderr)
+        return 2
+    run = dict(n=args.n, batch_size=args.batch_size, num_inference_steps=args.steps, guidance_scale=args.cfg, **extra)
     try:
         adapter.fit(args.refs)
-        prompts = args.prompt[0] if len(args.prompt) == 1 else args.prompt
-        images, latents, diags = adapter.sample(
-            prompts, n=args.n, batch_size=args.batch_size, num_inference_steps=args.steps, guidance_scale=args.cfg,
-            return_latents=True, return_diagnostics=True, **extra,
-        )
+        res = adapter.sample(prompts, **run)
+        base = None if args.no_baseline else adapter.set_params(scale=0.0).sample(prompts, output_type="latent", **run)
     except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {str(exc).replace('set resize_references=True', 'pass --resize-refs')}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
+    adapter.set_params(scale=args.scale)
+    for i, im in enumerate(res.images):
         im.save(out / f"{i:03d}.png")
-    prompt_list = [prompts] * args.n if isinstance(prompts, str) else prompts
-    mmd2 = adapter.score_latents(latents, prompts=prompt_list if adapter.prompt_aware else None)
+    prompt_list = [prompts] * args.n if isinstance(prompts, str) else prompts  # None: unconditional
+    score = lambda lat: adapter.score_latents(lat, prompts=prompt_list if adapter.prompt_aware else None)  # noqa: E731
     report = {
         "pipeline": str(pdir), "pipeline_class": type(pipe).__name__, "refs": str(args.refs),
         "n_refs": int(adapter.reference_latents_.shape[0]), "n": args.n, "prompts": prompt_list,
         "steps": args.steps, "scale": args.scale, "evaluate_on": args.evaluate_on, "window": list(args.window),
-        "seed": args.seed, "hook": diags[0]["mode"], "cache_key": adapter.cache_key_,
-        "guided_steps": sum(s["applied"] for d in diags for s in d["steps"]),
-        "latent_mmd2_to_refs": mmd2,
+        "seed": args.seed, "hook": res.diagnostics[0]["mode"], "cache_key": adapter.cache_key_,
+        "guided_steps": sum(s["applied"] for d in res.diagnostics for s in d["steps"]),
+        "latent_mmd2_to_refs": score(res.latents),
+        "latent_mmd2_unguided": None if base is None else score(base.latents),
+        "per_step": step_summary(res.diagnostics),
     }
     (out / "generate.json").write_text(json.dumps(report, indent=2))
-    logger.warning("wrote %d images and generate.json to %s (latent MMD² to the references %.4g)", args.n, out, mmd2)
+    logger.warning("wrote %d images and generate.json to %s (latent MMD² to the references %.4g, unguided %s)",
+                   args.n, out, report["latent_mmd2_to_refs"], report["latent_mmd2_unguided"])
     return 0
