@@ -51,6 +51,8 @@ def check_out_dir(path) -> str | None:
     Returns ``None`` when it is usable, else the reason (so that a command fails before any work).
     """
     out = Path(path)
+    if out.exists() and not out.is_dir():
+        return f"output folder {str(out)!r} is not a folder (a file of that name exists)"
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -190,8 +192,10 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(experiment_names() or ())}")
     reason = check_out_dir(args.out) if getattr(args, "out", None) else None
-    if reason:
-        parser.error(reason)
+    if reason:  # an argument error (exit 2), returned rather than raised so that main() stays callable
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {reason}", file=sys.stderr)
+        return 2
     configure_logging(args.verbose, args.command)
     if args.command == "demo":
         return _run_demo(args)
