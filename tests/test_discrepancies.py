@@ -279,3 +279,27 @@ def test_bad_input_errors():
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+# --------------------------------------------------------------------------- the experiment (guided sampler integration)
+@pytest.mark.slow
+def test_beyond_mmd_fast(tmp_path):
+    import json
+
+    from experiments import load
+
+    exp = load("beyond_mmd")
+    if not exp.supports_discrepancy():
+        pytest.skip("MMDGuidedSampler has no discrepancy= parameter yet (the core branch's integration)")
+    data = exp.run(config="fast", out_dir=tmp_path, random_state=0)
+    assert (tmp_path / "beyond_mmd.png").stat().st_size > 0
+    assert json.loads((tmp_path / "beyond_mmd.json").read_text())["config"] == "fast"
+    summ = data["summary"]["subset"]
+    none = summ["none"]["exact_mmd2"]["mean"]
+    for m in exp.GUIDED:  # every discrepancy, driven by the same sampler, moves the samples toward the target
+        assert summ[m]["exact_mmd2"]["mean"] < 0.8 * none, m
+        assert 0.0 <= summ[m]["copy_frac"]["mean"] <= 1.0
+    assert summ["mmd"]["exact_mmd2"]["diff_vs_mmd"] == 0.0
+    # the RKE repulsion keeps more diversity than MMD guidance at the selected settings
+    assert summ["diversity"]["rke"]["mean"] > summ["mmd"]["rke"]["mean"]
+    assert data["gradient_cost"][0]["ratio_to_mmd"]["mmd"] == 1.0
