@@ -23,6 +23,8 @@ __all__ = [
     "as_tensor",
     "check_array_2d",
     "check_finite",
+    "check_int",
+    "model_dtype_device",
     "check_option",
     "check_positive",
     "check_random_state_torch",
@@ -140,6 +142,28 @@ def check_array_2d(
         raise ValueError(f"{name} has {t.shape[1]} features, but {who} is expecting {n_features} features as input")
     check_finite(t, name=name)
     return t
+
+
+def check_int(value: Any, name: str, lo: int = 1) -> int:
+    """``value`` as a Python int ``>= lo`` (numpy integers accepted, bools and floats rejected).
+
+    Raises ``ValueError`` naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    return int(value)
+
+
+def model_dtype_device(model, fallback: torch.Tensor):
+    """``(dtype, device)`` a model computes in: its first parameter's for an ``nn.Module`` with
+    parameters, else its ``dtype`` / ``device`` attributes, else ``fallback``'s."""
+    if isinstance(model, torch.nn.Module):
+        p = next(model.parameters(), None)
+        if p is not None:
+            return p.dtype, p.device
+    dtype = getattr(model, "dtype", None)
+    device = getattr(model, "device", None)
+    return (dtype if isinstance(dtype, torch.dtype) else fallback.dtype), (device if device is not None else fallback.device)
 
 
 def check_option(value: Any, options: Iterable[str], *, name: str) -> str:

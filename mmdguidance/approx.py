@@ -1,7 +1,8 @@
 r"""Linear-time approximations of the Gaussian-kernel MMD² and its gradient.
 
-Both estimators share :class:`~mmdguidance.mmd.MMD`'s interface (``fit(refs, weights=)``, ``score``,
-``gradient(X, terms=, memory=)``) and approximate the *biased* MMD² through a finite feature map
+Both estimators are :class:`~mmdguidance.discrepancy.Discrepancy` subclasses like :class:`~mmdguidance.mmd.MMD`
+(``fit(refs, weights=)``, ``score``, ``gradient(X, terms=, memory=)``, the ``value_tensor`` / ``grad_tensor``
+fast paths guidance drives, e.g. ``MMDGuidedSampler(model, discrepancy=RFFMMD())``) and approximate the *biased* MMD² through a finite feature map
 :math:`\phi: \mathbb R^D \to \mathbb R^R` with :math:`k(x,y) \approx \phi(x)^\top\phi(y)`:
 
 .. math::
@@ -32,72 +33,91 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
-from ._utils import check_array_2d, check_option, check_random_state_torch, from_tensor, match_tensor
+from ._utils import check_array_2d, check_random_state_torch
+from .discrepancy import TERMS, Discrepancy
+from .guidance_params import check_bool
 from .kernels import GaussianKernel, Kernel, _resolve_bandwidth
-from .mmd import TERMS, _check_ref_weights
+from .mmd import _check_ref_weights
 
 __all__ = ["RFFMMD", "NystromMMD"]
 
 
-class _FeatureMMD(BaseEstimator):
-    """Shared fit/score/gradient on top of a feature map ``_phi`` and its Jacobian-vector product ``_jvp``."""
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class _FeatureMMD(Discrepancy):
+    """Shared fit and fast paths on top of a feature map ``_phi`` and its Jacobian-vector product ``_jvp``.
+
+    float16 / bfloat16 input is computed in float32 (the result is cast back).
+    """
+
+    supported_terms = TERMS
 
     def _fit_refs(self, X, weights):
+        check_bool(self.exact_self_term, "exact_self_term")
         Y = check_array_2d(X, name="references", min_samples=2)
         if isinstance(X, torch.Tensor):
             Y = Y.detach()
+        if Y.dtype in _LOW_PRECISION:
+            Y = Y.float()
         N = Y.shape[0]
         w = (torch.full((N,), 1.0 / N, dtype=Y.dtype, device=Y.device) if weights is None
              else _check_ref_weights(weights, N).to(Y))
+        self.reference_, self.weights_, self.n_features_in_ = Y, w, int(Y.shape[1])
+        self.__dict__.pop("_refs_cache", None)
         return Y, w
 
-    def _check_X(self, X, name="X"):
+    def _check_X(self, X, name="X", min_samples=1):
         check_is_fitted(self, "mu_")
-        Xt = check_array_2d(X, name=name, n_features=self.n_features_in_, owner=type(self).__name__)
+        Xt = check_array_2d(X, name=name, min_samples=min_samples, n_features=self.n_features_in_, owner=type(self).__name__)
         if Xt.device != self.mu_.device:
             raise ValueError(f"{name} is on {Xt.device} but the estimator was fitted on {self.mu_.device}")
         return Xt
 
-    def _mean_phi(self, X, memory):
-        Z = X if memory is None else torch.cat([X, memory.to(X)], 0)
-        return self._phi(Z).mean(0), Z.shape[0]  # (R,), n
+    def _mu(self, references, like):
+        """Mean reference feature ``(R,)``: cached for the fitted references, else ``w @ phi(Y)``."""
+        if references is None:
+            return self.mu_.to(like.dtype)
+        Y, w = references
+        return w.to(like) @ self._phi(Y.to(like))
 
-    def score(self, X, y=None, memory=None):
-        """Approximate biased MMD² of ``X`` (plus ``memory``) to the references."""
-        Xt = self._check_X(X)
-        M = None if memory is None else self._check_X(memory, "memory")
-        m, n = self._mean_phi(Xt, M)
-        mu = self.mu_.to(Xt.dtype)
+    def value_tensor(self, Z, *, references=None, memory=None):
+        """Approximate biased MMD² of ``Z`` ``(B, D)`` (plus ``memory``) as a 0-d tensor; no validation."""
+        out_dtype = Z.dtype
+        if Z.dtype in _LOW_PRECISION:
+            Z = Z.float()
+        Zall = Z if memory is None else torch.cat([Z, memory.to(Z)], 0)  # (n, D)
+        n = Zall.shape[0]
+        m, mu = self._phi(Zall).mean(0), self._mu(references, Z)  # (R,), (R,)
         if self.exact_self_term:
-            Z = Xt if M is None else torch.cat([Xt, M.to(Xt)], 0)
-            k = self._self_kernel()
-            ones = torch.ones(n, dtype=Xt.dtype, device=Xt.device)
-            val = k._matvec(Z, Z, ones).sum() / n**2 - 2 * (m @ mu) + mu @ mu
+            ones = torch.ones(n, dtype=Z.dtype, device=Z.device)
+            val = self._self_kernel()._matvec(Zall, Zall, ones).sum() / n**2 - 2 * (m @ mu) + mu @ mu
         else:
             v = m - mu
             val = (v * v).sum()
-        return val if isinstance(X, torch.Tensor) else float(val)
+        return val.to(out_dtype)
 
-    def gradient(self, X, terms="full", memory=None):
-        """Approximate :math:`\\nabla_{x_i}` MMD², shape ``(B, D)`` (see the module docstring)."""
-        check_option(terms, TERMS, name="terms")
-        Xt = self._check_X(X)
-        M = None if memory is None else match_tensor(self._check_X(memory, "memory"), Xt, what="memory")
-        m, n = self._mean_phi(Xt, M)
-        mu = self.mu_.to(Xt.dtype)
+    def grad_tensor(self, Z, *, references=None, memory=None, terms="full"):
+        """Approximate :math:`\\nabla_{z_i}` MMD², shape ``(B, D)`` (see the module docstring); no validation."""
+        out_dtype = Z.dtype
+        if Z.dtype in _LOW_PRECISION:
+            Z = Z.float()
+        M = None if memory is None or memory.shape[0] == 0 else memory.to(Z)
+        Zall = Z if M is None else torch.cat([Z, M], 0)  # (n, D)
+        n = Zall.shape[0]
+        m, mu = self._phi(Zall).mean(0), self._mu(references, Z)
         if not self.exact_self_term:
             v = {"full": m - mu, "cross": -mu, "self": m}[terms]
-            return from_tensor((2.0 / n) * self._jvp(Xt, v), X)
-        g = torch.zeros_like(Xt)
+            return ((2.0 / n) * self._jvp(Z, v)).to(out_dtype)
+        g = torch.zeros_like(Z)
         if terms in ("full", "cross"):
-            g = g - (2.0 / n) * self._jvp(Xt, mu)
+            g = g - (2.0 / n) * self._jvp(Z, mu)
         if terms in ("full", "self"):
-            Z = Xt if M is None else torch.cat([Xt, M], 0)
-            g = g + (2.0 / n**2) * self._self_kernel()._grad(Xt, Z, torch.ones(n, dtype=Xt.dtype, device=Xt.device))
-        return from_tensor(g, X)
+            g = g + (2.0 / n**2) * self._self_kernel()._grad(Z, Zall, torch.ones(n, dtype=Z.dtype, device=Z.device))
+        return g.to(out_dtype)
 
 
 class RFFMMD(_FeatureMMD):
@@ -145,7 +165,6 @@ class RFFMMD(_FeatureMMD):
         R, D = int(self.n_features), Y.shape[1]
         self.W_ = (torch.randn(R, D, generator=g, dtype=torch.float64) / self.bandwidth_).to(Y)
         self.b_ = (2 * math.pi * torch.rand(R, generator=g, dtype=torch.float64)).to(Y)
-        self.n_features_in_ = D
         self.mu_ = w @ self._phi(Y)  # (R,)
         return self
 
@@ -195,6 +214,9 @@ class NystromMMD(_FeatureMMD):
     def fit(self, X, y=None, *, weights=None):
         if isinstance(self.n_landmarks, bool) or not isinstance(self.n_landmarks, numbers.Integral) or self.n_landmarks < 1:
             raise ValueError(f"n_landmarks must be a positive int, got {self.n_landmarks!r}")
+        ridge = self.ridge
+        if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not np.isfinite(float(ridge)) or ridge < 0:
+            raise ValueError(f"ridge must be a finite real >= 0, got {ridge!r}")
         Y, w = self._fit_refs(X, weights)
         kernel = GaussianKernel() if self.kernel is None else self.kernel
         if not isinstance(kernel, Kernel):
@@ -208,7 +230,6 @@ class NystromMMD(_FeatureMMD):
         evals, evecs = torch.linalg.eigh(K)
         floor = float(self.ridge) * float(evals.max())
         self.proj_ = ((evecs * evals.clamp_min(floor).rsqrt()) @ evecs.T).to(Y)  # K^{-1/2}
-        self.n_features_in_ = Y.shape[1]
         self.mu_ = w @ self._phi(Y)
         return self
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._utils import as_tensor, check_positive, check_random_state_torch
+from .._utils import as_tensor, check_int, check_positive, check_random_state_torch
 from ..diffusion.denoisers import _per_row_t, sinusoidal_embedding
 
 __all__ = ["GuidedDenoiser", "draw_base_samples", "TimeMLP", "check_denoiser", "check_int", "noised_batch", "balanced_logistic_loss"]
@@ -27,13 +27,6 @@ def check_denoiser(model, *, name: str = "base"):
     if model is None or not callable(getattr(model, "predict_eps", None)) or not hasattr(model, "schedule") or not hasattr(model, "dim"):
         raise TypeError(f"{name} must be a Denoiser with schedule, dim and predict_eps(x, t, cond=None); got {type(model).__name__}")
     return model
-
-
-def check_int(v, name: str, lo: int) -> int:
-    """``v`` as an int ``>= lo`` (bools rejected) or ``ValueError`` naming ``name``."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 class GuidedDenoiser:
@@ -116,7 +109,7 @@ def noised_batch(x0: torch.Tensor, schedule, generator: torch.Generator):
     t = torch.randint(0, schedule.num_train_timesteps, (B,), generator=generator)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     ab = schedule.alpha_bars[t].to(x0)[:, None]  # (B, 1)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t, eps, (1 - ab).sqrt()
+    return schedule.add_noise(x0, t, eps), t, eps, (1 - ab).sqrt()
 
 
 def balanced_logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

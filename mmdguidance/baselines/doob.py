@@ -299,7 +299,7 @@ class DoobMatchingDenoiser(GuidedDenoiser):
         eps = torch.randn(x0.shape, generator=g)
         ab = self.schedule.alpha_bars.to(torch.float32)[t][:, None]  # (P, 1)
         sig = (1 - ab).sqrt()
-        xt = ab.sqrt() * x0 + sig * eps
+        xt = self.schedule.add_noise(x0, t, eps)  # (P, D)
         res = torch.empty_like(eps)
         with torch.no_grad():
             for s in range(0, P, 2**15):

@@ -9,7 +9,7 @@ A trained denoiser :math:`\hat\epsilon_\theta` sampled with few deterministic DD
 
 with :math:`S^K_\theta` the :math:`K`-step DDIM (:math:`\eta = 0`) map from noise to data,
 **differentiated through all K steps** (backpropagation through the sampler; memory grows with K).
-The DDIM step is the one of :func:`mmdguidance.diffusion.sample`,
+The step is :func:`mmdguidance.diffusion.samplers.ddim_step` (the one the standard sampler uses), run with autograd:
 
 .. math:: x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}}\,\hat\epsilon_\theta(x_t, t),
           \qquad \hat x_0 = \big(x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon_\theta\big)/\sqrt{\bar\alpha_t},
@@ -29,6 +29,7 @@ import torch
 from .._utils import check_array_2d, check_positive, check_random_state_torch, logger, progress
 from ..kernels import GaussianKernel, Kernel
 from ..mmd import mmd2
+from ..diffusion.samplers import ddim_step
 from ._guided import check_denoiser, check_int
 
 __all__ = ["ddim_sample", "mmd_ddm"]
@@ -41,15 +42,11 @@ def ddim_sample(model, x_T: torch.Tensor, num_steps: int) -> torch.Tensor:
     which runs under ``no_grad``; here gradients flow to ``x_T`` and to the model's parameters.
     """
     sch = model.schedule
-    ts = sch.timesteps(num_steps).tolist()
+    ts = sch.timesteps(num_steps).tolist() + [-1]
     x = x_T
-    for i, t in enumerate(ts):
-        t_next = ts[i + 1] if i + 1 < len(ts) else -1
-        ab = sch.alpha_bar(t).to(x)  # 0-d
-        ab_next = sch.alpha_bar(t_next).to(x)
-        eps = model.predict_eps(x, t).to(x)  # (B, D)
-        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
-        x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        ab, ab_next = sch.alpha_bar(t).to(x), sch.alpha_bar(t_next).to(x)  # 0-d
+        x = ddim_step(x, model.predict_eps(x, t).to(x), ab, ab_next, eta=0.0)  # (B, D), differentiable
     return x
 
 

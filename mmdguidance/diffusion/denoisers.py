@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
+from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._utils import as_tensor, check_array_2d, check_random_state_torch, logger, progress
+from .._utils import as_tensor, check_array_2d, check_int, check_positive, check_random_state_torch, logger, progress
 from .schedules import VPSchedule
 
 __all__ = [
@@ -61,9 +63,23 @@ def eps_to_score(eps, alpha_bar):
     return -eps / (1 - ab).sqrt()
 
 
-def _per_row_t(t, B, device):
-    tt = torch.as_tensor(t, dtype=torch.long, device=device)
-    return tt.expand(B) if tt.ndim == 0 else tt
+def _per_row_t(t, B, device, schedule=None):
+    """Timesteps ``t`` (a scalar or ``B`` values) as a LongTensor ``(B,)``; validated against ``schedule`` if given."""
+    tt = torch.as_tensor(t, dtype=torch.long) if schedule is None else schedule.check_timesteps(t, allow_clean=False)
+    tt = tt.to(device)
+    if tt.ndim == 0 or tt.numel() == 1:
+        return tt.reshape(()).expand(B)
+    if tt.ndim != 1 or tt.shape[0] != B:
+        raise ValueError(f"t must be a scalar or have one timestep per row: got shape {tuple(tt.shape)} for {B} rows")
+    return tt
+
+
+def _check_schedule(schedule):
+    if schedule is None:
+        return VPSchedule.linear()
+    if not isinstance(schedule, VPSchedule):
+        raise TypeError(f"schedule must be a VPSchedule (e.g. VPSchedule.linear()), got {type(schedule).__name__} {schedule!r}")
+    return schedule
 
 
 # --------------------------------------------------------------------------- analytic
@@ -86,22 +102,32 @@ class GMMDenoiser:
         if not isinstance(mixture, GaussianMixture):
             raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
         self.mixture = mixture
-        self.schedule = VPSchedule.linear() if schedule is None else schedule
+        self.schedule = _check_schedule(schedule)
         self.dim = int(mixture.dim)
-        self._cache: dict[int, object] = {}
+        self._cache: OrderedDict[int, object] = OrderedDict()
 
     def __repr__(self):
         return f"GMMDenoiser(K={self.mixture.n_components}, d={self.dim})"
 
+    #: noised mixtures kept (least recently used evicted): bounds memory at large ``D``
+    cache_size = 64
+
     def _noised(self, t: int):
-        if t not in self._cache:
+        if t in self._cache:
+            self._cache.move_to_end(t)
+        else:
             self._cache[t] = self.mixture.noised(float(self.schedule.alpha_bars[t]))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return self._cache[t]
 
     def predict_eps(self, x, t, cond=None):
-        """Exact :math:`\\hat\\epsilon(x_t, t)`, shape ``(B, D)`` (``cond`` is ignored)."""
+        """Exact :math:`\\hat\\epsilon(x_t, t)`, shape ``(B, D)`` (``cond`` is ignored).
+
+        ``t``: one timestep or one per row, integers in ``[0, T-1]`` (else ``ValueError``).
+        """
         x = as_tensor(x)
-        tt = _per_row_t(t, x.shape[0], "cpu")
+        tt = _per_row_t(t, x.shape[0], "cpu", self.schedule)
         out = torch.empty_like(x)
         for tv in torch.unique(tt).tolist():
             rows = (tt == tv).nonzero().reshape(-1).to(x.device)
@@ -116,7 +142,10 @@ class GMMDenoiser:
 
     def predict_x0(self, x, t, cond=None):
         """Exact posterior mean :math:`E[x_0 \\mid x_t]` (a scalar ``t``)."""
-        return self.mixture.posterior_mean_x0(as_tensor(x), float(self.schedule.alpha_bars[int(t)]))
+        tt = self.schedule.check_timesteps(t, allow_clean=False)
+        if tt.numel() != 1:
+            raise ValueError("predict_x0 takes one timestep for the whole batch")
+        return self.mixture.posterior_mean_x0(as_tensor(x), float(self.schedule.alpha_bars[int(tt.reshape(()))]))
 
 
 class ConditionalGMMDenoiser:
@@ -136,7 +165,7 @@ class ConditionalGMMDenoiser:
     def __init__(self, *, mixtures, anchors, schedule=None):
         if len(mixtures) == 0:
             raise ValueError("mixtures is empty")
-        self.schedule = VPSchedule.linear() if schedule is None else schedule
+        self.schedule = _check_schedule(schedule)
         self.members = [GMMDenoiser(mixture=m, schedule=self.schedule) for m in mixtures]
         dims = {m.dim for m in self.members}
         if len(dims) != 1:
@@ -189,6 +218,16 @@ class _Block(nn.Module):
         return h + self.fc2(nn.functional.silu(z))
 
 
+def _warn_if_diverged(losses, lr):
+    """Warn once (RuntimeWarning) if the training loss became non-finite."""
+    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        msg = (f"MLPDenoiser.fit diverged: the training loss is non-finite from epoch {bad[0]} on "
+               f"({len(bad)} of {len(losses)} epochs); lower the learning rate (lr={lr})")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        logger.warning(msg)
+
+
 class MLPDenoiser(nn.Module):
     r"""A small residual-MLP :math:`\epsilon`-prediction network for ``D``-dimensional data.
 
@@ -215,12 +254,11 @@ class MLPDenoiser(nn.Module):
 
     def __init__(self, *, dim, hidden=128, depth=3, time_embed_dim=32, cond_dim=0, schedule=None, random_state=0):
         super().__init__()
-        if int(dim) < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim = int(dim)
-        self.cond_dim = int(cond_dim)
-        self.time_embed_dim = int(time_embed_dim)
-        self.schedule = VPSchedule.linear() if schedule is None else schedule
+        self.dim = check_int(dim, "dim", 1)
+        hidden, depth = check_int(hidden, "hidden", 1), check_int(depth, "depth", 1)
+        self.cond_dim = check_int(cond_dim, "cond_dim", 0)
+        self.time_embed_dim = check_int(time_embed_dim, "time_embed_dim", 1)
+        self.schedule = _check_schedule(schedule)
         with torch.random.fork_rng(devices=[]):
             if random_state is not None:
                 torch.manual_seed(int(random_state))
@@ -246,16 +284,26 @@ class MLPDenoiser(nn.Module):
         return self.out(nn.functional.silu(self.out_norm(h)))
 
     def predict_eps(self, x, t, cond=None):
-        """:math:`\\hat\\epsilon(x_t, t)`; ``x`` is cast to the network's dtype/device."""
+        """:math:`\\hat\\epsilon(x_t, t)`, shape ``(B, D)``; ``x`` (tensor, numpy or list) is cast to the
+        network's dtype/device, ``t`` (one or ``B`` integers in ``[0, T-1]``) is validated."""
         p = next(self.parameters())
-        return self.forward(x.to(dtype=p.dtype, device=p.device), t, cond)
+        x = as_tensor(x).to(dtype=p.dtype, device=p.device)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        if cond is not None:
+            cond = as_tensor(cond).to(dtype=p.dtype, device=p.device)
+            if cond.ndim != 2 or cond.shape[1] != self.cond_dim or cond.shape[0] != x.shape[0]:
+                raise ValueError(f"cond must have shape ({x.shape[0]}, {self.cond_dim}), got {tuple(cond.shape)}")
+        return self.forward(x, _per_row_t(t, x.shape[0], p.device, self.schedule), cond)
 
     def fit(self, X, *, cond=None, epochs=200, batch_size=256, lr=2e-3, weight_decay=0.0, random_state=None, progress_bar=None):
         """Train on samples ``X`` of shape ``(n, dim)`` (and ``cond`` of shape ``(n, cond_dim)``).
 
         Seeded by ``random_state`` (shuffling, timesteps and noise); AdamW with a cosine
-        learning-rate decay. Returns ``self`` in eval mode.
+        learning-rate decay; warns (``RuntimeWarning``) if the loss diverges to NaN/inf. Returns ``self`` in eval mode.
         """
+        epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
+        lr = check_positive(lr, name="lr")
         p = next(self.parameters())
         Xt = check_array_2d(X, name="X", min_samples=2, n_features=self.dim).to(dtype=p.dtype, device=p.device)
         Ct = None
@@ -270,7 +318,6 @@ class MLPDenoiser(nn.Module):
         steps_per_epoch = max(1, math.ceil(n / batch_size))
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-        ab_all = self.schedule.alpha_bars.to(dtype=p.dtype, device=p.device)
         T = self.schedule.num_train_timesteps
         self.train()
         for _ in progress(range(epochs), total=epochs, desc="training denoiser", enable=progress_bar):
@@ -281,8 +328,7 @@ class MLPDenoiser(nn.Module):
                 x0 = Xt[idx]
                 t = torch.randint(0, T, (len(idx),), generator=g).to(p.device)
                 eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(p.device)
-                ab = ab_all[t][:, None]
-                xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+                xt = self.schedule.add_noise(x0, t, eps)  # (b, D)
                 loss = ((self.forward(xt, t, None if Ct is None else Ct[idx]) - eps) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -290,6 +336,7 @@ class MLPDenoiser(nn.Module):
                 sched.step()
                 tot += loss.item() * len(idx)
             self.loss_history_.append(tot / n)
+        _warn_if_diverged(self.loss_history_, lr)
         logger.info("MLPDenoiser trained: final loss %.4f", self.loss_history_[-1])
         self.eval()
         return self

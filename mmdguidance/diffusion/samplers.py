@@ -1,41 +1,56 @@
-r"""Reverse-diffusion samplers with one signature and a per-step hook.
+r"""Reverse-diffusion samplers as small step functions (k-diffusion style) and one loop.
 
 All samplers walk the grid ``schedule.timesteps(num_steps)`` (``t_0 = T-1 > ... > 0``) and a
-final step to clean data (``t = -1``, :math:`\bar\alpha = 1`). With
-:math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\hat\epsilon)/\sqrt{\bar\alpha_t}`:
+final step to clean data (``t = -1``, :math:`\bar\alpha = 1`). A *step* maps
+:math:`(x_t, \hat\epsilon)` at :math:`\bar\alpha = \bar\alpha_t` to :math:`x_{t'}` at
+:math:`\bar\alpha' = \bar\alpha_{t'}`; with :math:`\hat x_0` = :func:`~mmdguidance.diffusion.eps_to_x0`:
 
-* ``'ddim'`` (Song et al. 2021):
-  :math:`x_{t'} = \sqrt{\bar\alpha_{t'}}\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma^2}\,\hat\epsilon + \sigma z`,
-  :math:`\sigma = \eta\sqrt{\tfrac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}\sqrt{1-\tfrac{\bar\alpha_t}{\bar\alpha_{t'}}}`;
-* ``'ddpm'``: ancestral sampling, the same formula with :math:`\eta = 1` (the DDPM posterior variance
+* :func:`ddim_step` (Song et al. 2021):
+  :math:`x_{t'} = \sqrt{\bar\alpha'}\hat x_0 + \sqrt{1-\bar\alpha'-\sigma^2}\,\hat\epsilon + \sigma z`,
+  :math:`\sigma = \eta\sqrt{\tfrac{1-\bar\alpha'}{1-\bar\alpha}}\sqrt{1-\tfrac{\bar\alpha}{\bar\alpha'}}`;
+* :func:`ddpm_step`: ancestral sampling, DDIM with :math:`\eta = 1` (the DDPM posterior variance
   :math:`\tilde\beta`; with ``num_steps == T`` it is exactly Ho et al.'s sampler);
-* ``'euler'`` / ``'heun'``: the probability-flow ODE in the variables
+* :func:`euler_step` / :func:`heun_step`: the probability-flow ODE in the variables
   :math:`\bar x = x/\sqrt{\bar\alpha}`, :math:`s = \sqrt{(1-\bar\alpha)/\bar\alpha}`, where
   :math:`d\bar x/ds = \hat\epsilon`. Euler is algebraically DDIM with :math:`\eta=0`; Heun is the
-  2nd-order trapezoidal corrector (Karras et al. 2022), skipped on the final step to :math:`s = 0`.
+  2nd-order trapezoidal corrector (Karras et al. 2022), which calls ``eps_fn`` at the predicted point
+  (a second model evaluation) and is skipped on the final step to :math:`s = 0`.
 
-After every step the optional ``hook(StepInfo)`` may return a replacement for the new ``x``
-(this is where MMD guidance acts); returning ``None`` leaves the trajectory bit-identical.
+Every step has the signature ``step(x, eps, ab, ab_next, *, eps_fn=None, eta=0.0, generator=None)``
+(``x``, ``eps`` of shape ``(B, D)``, ``ab``/``ab_next`` 0-d tensors) and runs under autograd when the
+caller wants it (:func:`~mmdguidance.baselines.mmd_ddm.ddim_sample` backpropagates through
+:func:`ddim_step`). :data:`SAMPLERS` maps names to steps.
+
+The loop :func:`sample` reads like the algorithm: per step,
+:math:`\hat\epsilon` = model(x, t) -> ``pre_hook`` (may replace :math:`\hat\epsilon`, e.g. guidance
+in :math:`\hat x_0`-space) -> step -> ``hook`` (may replace the new x, e.g. guidance on :math:`x_t`).
+Hooks returning ``None`` leave the trajectory bit-identical.
 """
 
 from __future__ import annotations
 
-import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .._utils import as_tensor, check_option, check_random_state_torch, progress
+from .._utils import as_tensor, check_int, check_option, check_random_state_torch, model_dtype_device, progress
+from .denoisers import eps_to_x0
 
-__all__ = ["StepInfo", "sample", "SAMPLERS"]
-
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+__all__ = ["StepInfo", "sample", "SAMPLERS", "ddim_step", "ddpm_step", "euler_step", "heun_step", "model_eps"]
 
 
 @dataclass
 class StepInfo:
-    """What a hook sees after one sampler step (all tensors ``(B, D)`` unless noted)."""
+    """What a hook sees at one sampler step (all tensors ``(B, D)`` unless noted).
+
+    For the ``pre_hook`` (before the step) ``x`` is :math:`x_t` and ``x_prev`` is the same tensor;
+    for the post-step ``hook`` ``x`` is :math:`x_{t'}` and ``x_prev`` is :math:`x_t`. ``eps`` is the
+    model's prediction at :math:`x_t` (after a ``pre_hook`` replaced it: the replacement) and
+    ``x0_hat`` its Tweedie estimate ``eps_to_x0(x_prev, eps, alpha_bar)``. ``alpha_bar`` and
+    ``alpha_bar_next`` are 0-d tensors.
+    """
 
     step: int
     num_steps: int
@@ -49,36 +64,96 @@ class StepInfo:
     x0_hat: torch.Tensor
     cond: torch.Tensor | None
     generator: torch.Generator
+    eps_fn: Callable | None = None
 
 
-def _model_dtype(model, fallback):
-    if isinstance(model, torch.nn.Module):
-        p = next(model.parameters(), None)
-        if p is not None:
-            return p.dtype, p.device
-    return fallback.dtype, fallback.device
+# --------------------------------------------------------------------------- steps
+def ddim_step(x, eps, ab, ab_next, *, eps_fn=None, eta=0.0, generator=None):
+    r"""One DDIM step from :math:`\bar\alpha` = ``ab`` to ``ab_next`` (see the module docstring); ``(B, D) -> (B, D)``.
+
+    ``eta > 0`` draws :math:`z` from ``generator`` (required then); the final step (``ab_next == 1``)
+    is deterministic.
+    """
+    x0 = eps_to_x0(x, eps, ab)  # (B, D)
+    final = bool(ab_next >= 1)
+    sigma = ab * 0 if final else eta * torch.sqrt((1 - ab_next) / (1 - ab)) * torch.sqrt(1 - ab / ab_next)
+    out = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp_min(0).sqrt() * eps
+    if not final and float(sigma) > 0:
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # (B, D)
+        out = out + sigma * z
+    return out
 
 
+def ddpm_step(x, eps, ab, ab_next, *, eps_fn=None, eta=0.0, generator=None):
+    """Ancestral DDPM step: :func:`ddim_step` with ``eta = 1`` (the ``eta`` argument is ignored)."""
+    return ddim_step(x, eps, ab, ab_next, eta=1.0, generator=generator)
+
+
+def _ode_vars(ab):
+    return ab.sqrt(), torch.sqrt((1 - ab) / ab)  # sqrt(ab), s
+
+
+def euler_step(x, eps, ab, ab_next, *, eps_fn=None, eta=0.0, generator=None):
+    r"""Euler step of :math:`d\bar x/ds = \hat\epsilon` (algebraically DDIM with :math:`\eta = 0`)."""
+    (a, s), (a_next, s_next) = _ode_vars(ab), _ode_vars(ab_next)
+    xb_next = x / a + (s_next - s) * eps  # (B, D)
+    return xb_next * a_next
+
+
+def heun_step(x, eps, ab, ab_next, *, eps_fn=None, eta=0.0, generator=None):
+    r"""Heun (trapezoidal) step; ``eps_fn(x_pred) -> eps`` evaluates the model at the Euler prediction
+    (at ``ab_next``). The corrector is skipped on the final step (``ab_next == 1``, :math:`s' = 0`)."""
+    if bool(ab_next >= 1):
+        return euler_step(x, eps, ab, ab_next)
+    if eps_fn is None:
+        raise ValueError("heun_step needs eps_fn (the model at the predicted point) for its corrector")
+    (a, s), (a_next, s_next) = _ode_vars(ab), _ode_vars(ab_next)
+    xb = x / a  # (B, D)
+    eps2 = eps_fn((xb + (s_next - s) * eps) * a_next)  # (B, D)
+    return (xb + (s_next - s) * (0.5 * (eps + eps2))) * a_next
+
+
+#: sampler name -> step function
+SAMPLERS = {"ddpm": ddpm_step, "ddim": ddim_step, "euler": euler_step, "heun": heun_step}
+
+
+# --------------------------------------------------------------------------- the loop
 @torch.no_grad()
-def _eps(model, x, t, cond):
-    e = model.predict_eps(x, t, cond)
-    return e.to(dtype=x.dtype, device=x.device)
+def model_eps(model, x, t, cond=None):
+    r""":math:`\hat\epsilon` = ``model.predict_eps(x, t, cond)`` in ``x``'s dtype/device; raises on non-finite output."""
+    e = model.predict_eps(x, t, cond).to(dtype=x.dtype, device=x.device)
+    if not bool(torch.isfinite(e).all()):
+        raise FloatingPointError(
+            f"the model {type(model).__name__}.predict_eps returned {int((~torch.isfinite(e)).sum())} non-finite "
+            f"value(s) at t={t}; check the model (weights, dtype, inputs)"
+        )
+    return e
 
 
-def sample(
-    model,
-    x_T=None,
-    *,
-    n=None,
-    sampler: str = "ddim",
-    num_steps: int = 50,
-    eta: float = 0.0,
-    cond=None,
-    generator=None,
-    hook: Callable[[StepInfo], torch.Tensor | None] | None = None,
-    progress=None,
-    return_trajectory: bool = False,
-):
+def _initial_noise(model, x_T, n, g):
+    if x_T is None:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+            raise ValueError(f"n must be a positive int when x_T is not given, got {n!r}")
+        dtype, _ = model_dtype_device(model, torch.empty(0, dtype=torch.float64))
+        return torch.randn(int(n), model.dim, generator=g, dtype=dtype)
+    x = as_tensor(x_T).clone()
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"x_T must have shape (B, D) with B >= 1, got {tuple(x.shape)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) != x.shape[0]):
+        raise ValueError(f"n={n} but x_T has {x.shape[0]} rows; pass one of them or make them agree")
+    return x
+
+
+def _check_eta(eta):
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta == eta or not 0 <= float(eta) < float("inf"):
+        raise ValueError(f"eta must be a finite real >= 0, got {eta!r}")
+    return float(eta)
+
+
+def sample(model, x_T=None, *, n=None, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, cond=None,
+           generator=None, hook: Callable[[StepInfo], torch.Tensor | None] | None = None,
+           pre_hook: Callable[[StepInfo], torch.Tensor | None] | None = None, progress=None,
+           return_trajectory: bool = False):
     """Run a reverse-diffusion sampler.
 
     Parameters
@@ -87,7 +162,7 @@ def sample(
     x_T : tensor of shape (B, D), optional
         Initial noise; drawn as ``randn(n, model.dim)`` from ``generator`` if omitted.
     n : int, optional
-        Number of samples when ``x_T`` is omitted.
+        Number of samples when ``x_T`` is omitted (if both are given they must agree).
     sampler : {'ddpm', 'ddim', 'euler', 'heun'}
     num_steps : int
     eta : float
@@ -96,7 +171,11 @@ def sample(
         Conditioning passed to ``model.predict_eps``.
     generator : torch.Generator, int or None
     hook : callable, optional
-        ``hook(StepInfo) -> tensor | None`` after every step.
+        ``hook(StepInfo) -> tensor | None`` after every step: a tensor replaces the new ``x``.
+    pre_hook : callable, optional
+        ``pre_hook(StepInfo) -> tensor | None`` before every step: a tensor replaces :math:`\\hat\\epsilon`.
+        Heun's corrector then sees its own model evaluation plus the same shift (the replacement minus
+        the model's prediction), so the correction acts over the whole step at one cost.
     progress : bool, optional
         tqdm bar over steps (default: only when interactive).
     return_trajectory : bool
@@ -105,60 +184,37 @@ def sample(
     Returns
     -------
     x : tensor of shape (B, D) (and the trajectory list)
+
+    Raises
+    ------
+    FloatingPointError
+        If the model predicts a non-finite :math:`\\hat\\epsilon` (the error names the model).
     """
     check_option(sampler, SAMPLERS, name="sampler")
-    if float(eta) < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    step_fn, eta = SAMPLERS[sampler], _check_eta(eta)
     g = check_random_state_torch(generator)
-    if x_T is None:
-        if n is None or isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"n must be a positive int when x_T is not given, got {n!r}")
-        dtype = torch.float64
-        if isinstance(model, torch.nn.Module):
-            dtype = next(model.parameters()).dtype
-        x = torch.randn(n, model.dim, generator=g, dtype=dtype)
-    else:
-        x = as_tensor(x_T).clone()
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"x_T must have shape (B, D) with B >= 1, got {tuple(x.shape)}")
+    x = _initial_noise(model, x_T, n, g)
     dim = getattr(model, "dim", None)
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"x_T has {x.shape[1]} features but the model generates {dim}")
     sch = model.schedule
-    ts = sch.timesteps(num_steps).tolist()
-    eta_eff = 1.0 if sampler == "ddpm" else float(eta)
+    ts = sch.timesteps(check_int(num_steps, "num_steps", 1)).tolist() + [-1]
     traj = []
-    for i in progress_iter(range(len(ts)), progress):
-        t = ts[i]
-        t_next = ts[i + 1] if i + 1 < len(ts) else -1
-        ab = sch.alpha_bar(t).to(dtype=x.dtype)
-        ab_next = sch.alpha_bar(t_next).to(dtype=x.dtype)
-        x_prev = x
-        eps = _eps(model, x, t, cond)
-        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
-        if sampler in ("ddim", "ddpm"):
-            sigma = eta_eff * torch.sqrt((1 - ab_next) / (1 - ab)) * torch.sqrt(1 - ab / ab_next) if t_next >= 0 else ab * 0
-            x = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp_min(0).sqrt() * eps
-            if t_next >= 0 and float(sigma) > 0:
-                z = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
-                x = x + sigma * z
-            eps_eff = eps
-        else:
-            s = torch.sqrt((1 - ab) / ab)
-            s_next = torch.sqrt((1 - ab_next) / ab_next)
-            xb = x / ab.sqrt()
-            xb_next = xb + (s_next - s) * eps
-            eps_eff = eps
-            if sampler == "heun" and t_next >= 0:
-                eps2 = _eps(model, xb_next * ab_next.sqrt(), t_next, cond)
-                eps_eff = 0.5 * (eps + eps2)
-                xb_next = xb + (s_next - s) * eps_eff
-            x = xb_next * ab_next.sqrt()
+    for i in progress_iter(range(len(ts) - 1), progress):
+        t, t_next = ts[i], ts[i + 1]
+        ab, ab_next = sch.alpha_bar(t).to(dtype=x.dtype), sch.alpha_bar(t_next).to(dtype=x.dtype)  # 0-d
+        eps = model_eps(model, x, t, cond)  # (B, D)
+        eps_fn = (lambda y, t_next=t_next: model_eps(model, y, t_next, cond))  # noqa: E731
+        info = StepInfo(i, len(ts) - 1, t, t_next, ab, ab_next, x, x, eps, eps_to_x0(x, eps, ab), cond, g, eps_fn)
+        new_eps = None if pre_hook is None else pre_hook(info)
+        if new_eps is not None:
+            shift, eps = new_eps - eps, new_eps  # (B, D)
+            eps_fn = (lambda y, t_next=t_next, shift=shift: model_eps(model, y, t_next, cond) + shift)  # noqa: E731
+        x_new = step_fn(x, eps, ab, ab_next, eps_fn=eps_fn, eta=eta, generator=g)
         if hook is not None:
-            info = StepInfo(i, len(ts), t, t_next, ab, ab_next, x, x_prev, eps_eff, x0, cond, g)
-            new = hook(info)
-            if new is not None:
-                x = new
+            new = hook(StepInfo(i, len(ts) - 1, t, t_next, ab, ab_next, x_new, x, eps, eps_to_x0(x, eps, ab), cond, g))
+            x_new = x_new if new is None else new
+        x = x_new
         if return_trajectory:
             traj.append(x.clone())
     return (x, traj) if return_trajectory else x

@@ -7,6 +7,7 @@ Forward process :math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -14,6 +15,14 @@ import torch
 from .._utils import as_tensor
 
 __all__ = ["VPSchedule"]
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_T(T):
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
+        raise ValueError(f"num_train_timesteps must be an int >= 1, got {T!r}")
+    return int(T)
 
 
 class VPSchedule:
@@ -47,21 +56,53 @@ class VPSchedule:
     @classmethod
     def linear(cls, *, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
         """DDPM's linear betas (Ho et al. 2020)."""
+        T = _check_T(num_train_timesteps)
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-        return cls(betas=torch.linspace(beta_start, beta_end, int(num_train_timesteps), dtype=torch.float64))
+        return cls(betas=torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
 
     @classmethod
     def cosine(cls, *, num_train_timesteps=1000, s=0.008, max_beta=0.999):
         r"""Nichol & Dhariwal's cosine schedule :math:`\bar\alpha(t) \propto \cos^2\big(\frac{t/T + s}{1+s}\frac{\pi}{2}\big)`."""
-        T = int(num_train_timesteps)
+        T = _check_T(num_train_timesteps)
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 <= float(s) < float("inf"):
+            raise ValueError(f"s must be a finite real >= 0, got {s!r}")
+        if not 0 < float(max_beta) < 1:
+            raise ValueError(f"max_beta must be in (0, 1), got {max_beta!r}")
         f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(T)]
         return cls(betas=torch.tensor(betas, dtype=torch.float64))
 
+    def check_timesteps(self, t, *, allow_clean: bool = True) -> torch.Tensor:
+        """``t`` (an int, a numpy integer, an integer array or tensor) as a CPU LongTensor, validated.
+
+        Raises ``TypeError`` for non-numeric input and ``ValueError`` for non-integer values or values
+        outside ``[0, T-1]`` (``-1``, clean data, is allowed when ``allow_clean``).
+        """
+        if isinstance(t, (str, bytes, bool)) or t is None:
+            raise TypeError(f"timestep t must be an int or an integer tensor, got {type(t).__name__} {t!r}")
+        try:
+            tt = torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"timestep t must be an int or an integer tensor, got {type(t).__name__}") from None
+        if tt.dtype == torch.bool or torch.is_complex(tt) or not (tt.is_floating_point() or tt.dtype in _INT_DTYPES):
+            raise TypeError(f"timestep t must be integer-valued, got dtype {tt.dtype}")
+        if tt.is_floating_point():
+            if not bool(torch.isfinite(tt).all()) or not bool((tt == tt.round()).all()):
+                raise ValueError(f"timesteps must be integers, got {tt.tolist() if tt.numel() < 8 else tt}")
+        tt = tt.to(torch.long)
+        lo = -1 if allow_clean else 0
+        if tt.numel() and (int(tt.min()) < lo or int(tt.max()) > self.num_train_timesteps - 1):
+            raise ValueError(
+                f"timesteps must lie in [{lo}, {self.num_train_timesteps - 1}]"
+                + (" (-1 = clean data)" if allow_clean else "")
+                + f", got min {int(tt.min())}, max {int(tt.max())}"
+            )
+        return tt
+
     def alpha_bar(self, t) -> torch.Tensor:
-        r""":math:`\bar\alpha_t` for an int or a LongTensor of timesteps; ``t = -1`` means clean (1)."""
-        tt = torch.as_tensor(t, dtype=torch.long)
+        r""":math:`\bar\alpha_t` (float64) for an int or a LongTensor of timesteps in ``[-1, T-1]``; ``t = -1`` means clean (1)."""
+        tt = self.check_timesteps(t)
         out = self.alpha_bars[tt.clamp_min(0)]
         return torch.where(tt < 0, torch.ones_like(out), out)
 
