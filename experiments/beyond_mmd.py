@@ -44,8 +44,8 @@ COPY_RADIUS = 0.05  # in the plane; the mode std is 0.25
 METRIC_BW = 1.0  # RKE / Vendi bandwidth (the exact-MMD² metric's, 2-D)
 CONFIGS = {
     "full": dict(keys=("subset", "reweight", "shifted", "variance", "outside"), N=50, n=300, num_steps=50,
-                 scales=(0.05, 0.1, 0.2, 0.4, 0.8), diversity_weights=(0.03, 0.1, 0.3, 1.0), dev_seeds=3, test_seeds=6, Ns=(5, 10, 50, 200),
-                 n_keys=("subset", "variance"), n_seeds=4, timing=((2, 300, 50, torch.float64), (64, 256, 200, torch.float32)),
+                 scales=(0.05, 0.1, 0.2, 0.4, 0.8), diversity_weights=(0.03, 0.1, 0.3), dev_seeds=2, test_seeds=5, Ns=(5, 10, 50, 200),
+                 n_keys=("subset",), n_seeds=4, timing=((2, 300, 50, torch.float64), (64, 256, 200, torch.float32)),
                  repeats=30),
     "fast": dict(keys=("subset",), N=20, n=60, num_steps=15, scales=(0.1, 0.4), diversity_weights=(0.1,), dev_seeds=1, test_seeds=2, Ns=(5, 50),
                  n_keys=("subset",), n_seeds=2, timing=((2, 60, 20, torch.float64),), repeats=3),
