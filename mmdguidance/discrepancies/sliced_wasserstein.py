@@ -27,7 +27,9 @@ Directions: drawn i.i.d. uniform on the sphere. ``resample=True`` (default) draw
 trajectory guidance sees many more than ``n_projections`` directions and a run is reproducible;
 ``resample=False`` uses the fixed ``projections_`` drawn in ``fit`` (a deterministic objective, what the
 tests compare with POT). The paper leaves the direction schedule open for this use; fresh directions per
-step is the choice made here.
+step is the choice made here. Every resampling call draws from the one generator, value calls included:
+with ``resample=True`` a sampler recording the value (``diagnostics=True``) sees other directions than one
+that does not.
 """
 
 from __future__ import annotations
