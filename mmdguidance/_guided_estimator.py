@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, clone
 from ._utils import progress
 from .discrepancy import Discrepancy
 from .guidance import MMDGuidance
-from .guidance_params import STEP_PARAMS, validate_guidance_params
+from .guidance_params import PARAMS, STEP_PARAMS, validate_guidance_params
 from .kernels import GaussianKernel, ProductKernel
 from .mmd import MMD
 
@@ -49,8 +49,6 @@ class GuidedEstimatorBase:
 
     def _validate_guidance_params(self):
         """Check the shared guidance parameters (clear errors before any work is done)."""
-        from .guidance_params import PARAMS
-
         validate_guidance_params({p.name: getattr(self, p.name) for p in PARAMS})
         disc = getattr(self, "discrepancy", None)
         if disc is not None and not isinstance(disc, Discrepancy):

@@ -44,6 +44,11 @@ With ``step_rule='raw'`` (:math:`\Delta = -\lambda G`) the :math:`\epsilon`-form
 ``'x0_jacobian'`` this is exactly guidance by :math:`h_t(x_t) = \exp(-s_t\,\mathcal D(\hat x_0(x_t)))`.
 With ``inner_steps > 1`` the gradient is re-taken at the moved :math:`\hat x_0` (``'x0_jacobian'``: with
 the Jacobian of the step's :math:`x_t`).
+
+Scales are not comparable between the two families: a DDIM step moves :math:`x_{t'}` by only
+:math:`\big(\sqrt{\bar\alpha_{t'}} - \sqrt{\bar\alpha_t}\sqrt{(1-\bar\alpha_{t'})/(1-\bar\alpha_t)}\big)\,\Delta`
+for a displacement :math:`\Delta` of :math:`\hat x_0` (the step's weight on :math:`\hat x_0`), whereas
+``'xt'`` moves :math:`x_{t'}` by :math:`\Delta` itself; choose ``scale`` per evaluation point.
 """
 
 from __future__ import annotations

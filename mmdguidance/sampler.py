@@ -3,7 +3,10 @@ r"""The sklearn-style guided sampler: ``MMDGuidedSampler(model).fit(refs).sample
 Each batch runs :func:`mmdguidance.diffusion.sample` with an :class:`~mmdguidance.guidance.MMDGuidance`
 hook: after the step for ``evaluate_on`` in ``'xt'``, ``'noised_refs'``; before the step, through the
 model's prediction, for ``'x0'``, ``'x0_jacobian'`` (see :mod:`mmdguidance.guidance`). Either way one
-model call per step (two for Heun), as without guidance.
+model call per step (two for Heun), as without guidance. Under Heun the x̂₀-space guidance is computed
+once per step, at the step's :math:`x_t`, and its :math:`\epsilon` shift :math:`\hat\epsilon' - \hat\epsilon` is
+added to the corrector's model evaluation as well (the guidance term is held fixed over the step), so the
+trapezoidal average carries the full shift and the corrector point is never guided separately.
 
 Seeds: ``random_state`` (constructor default, or per :meth:`MMDGuidedSampler.sample` call) seeds one
 ``torch.Generator`` that draws the initial noise and then the sampler's noise.

@@ -67,8 +67,9 @@ def guard_update(x: torch.Tensor, delta: torch.Tensor, g: torch.Tensor, max_upda
     overflow = ~torch.isfinite(dn)  # (B, 1)
     n_overflow = int(overflow.sum())
     if n_overflow:  # the rule's direction is -g: take the capped step along it
-        gn = torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp_min(1e-300)
-        delta = torch.where(overflow, -cap * g / gn, delta)
+        u = g / g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)  # (B, D), max |u| = 1: no under/overflow
+        u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(1.0)
+        delta = torch.where(overflow, -cap * u, delta)
         dn = torch.linalg.vector_norm(delta, dim=1, keepdim=True)
     over = (dn > cap) & ~overflow
     n_over = int(over.sum())

@@ -79,3 +79,46 @@ def test_seeded_and_bad_input(data):
         RFFMMD(bandwidth=1.0).fit(Y).gradient(X, terms="all")
     with pytest.raises(ValueError, match="features"):
         RFFMMD(bandwidth=1.0).fit(Y).score(X[:, :3])
+
+
+# ------------------------------------------------------------------ the Discrepancy interface and robustness (issue 14)
+@pytest.mark.parametrize("make", [lambda: RFFMMD(n_features=256, bandwidth=1.5, random_state=0),
+                                  lambda: NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=40, random_state=0)],
+                         ids=["rff", "nystrom"])
+def test_approximations_are_discrepancies(data, make):
+    from mmdguidance.discrepancy import Discrepancy
+
+    X, Y, _ = data
+    est = make().fit(Y)
+    assert isinstance(est, Discrepancy)
+    Xt = torch.as_tensor(X)
+    # the fast paths agree with the validated API; an empty memory is no memory
+    torch.testing.assert_close(est.grad_tensor(Xt), torch.as_tensor(est.gradient(X)))
+    assert float(est.value_tensor(Xt)) == pytest.approx(est.score(X), rel=1e-12)
+    np.testing.assert_allclose(est.gradient(X, memory=np.zeros((0, 5))), est.gradient(X), rtol=1e-12)
+    assert est.score(X, memory=np.zeros((0, 5))) == pytest.approx(est.score(X), rel=1e-12)
+    # references override: the fitted references passed explicitly give the same gradient
+    refs = est.references(Xt)
+    torch.testing.assert_close(est.grad_tensor(Xt, references=refs), est.grad_tensor(Xt))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nystrom_low_precision_is_computed_in_float32(data, dtype):
+    X, Y, _ = data
+    ny64 = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=50, random_state=0).fit(Y)
+    ny = NystromMMD(kernel=GaussianKernel(bandwidth=1.5), n_landmarks=50, random_state=0).fit(torch.as_tensor(Y, dtype=dtype))
+    val = ny.score(torch.as_tensor(X, dtype=dtype))
+    assert val.dtype == dtype and float(val) == pytest.approx(ny64.score(X), rel=0.02)
+    g = ny.gradient(torch.as_tensor(X, dtype=dtype))
+    assert g.dtype == dtype
+    np.testing.assert_allclose(g.float().numpy(), ny64.gradient(X), atol=0.02 * np.abs(ny64.gradient(X)).max())
+
+
+def test_bad_parameters_raise(data):
+    X, Y, _ = data
+    for ridge in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="ridge"):
+            NystromMMD(ridge=ridge).fit(Y)
+    for est in (RFFMMD(exact_self_term="no"), NystromMMD(exact_self_term="no")):
+        with pytest.raises(TypeError, match="exact_self_term must be True or False"):
+            est.fit(Y)

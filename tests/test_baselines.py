@@ -103,6 +103,7 @@ def doob_matching(model, refs, negatives):
     return DoobMatchingDenoiser(base=model, steps=200, random_state=0).fit(refs, base_samples=negatives)
 
 
+@pytest.mark.slow
 def test_doob_matching_ratio_normalised_and_h_close_to_exact(base, model, doob_matching, negatives):
     # E_p[r] = 1 on the base samples, by construction
     assert np.isclose(doob_matching.density_ratio(negatives.numpy()).mean(), 1.0, rtol=1e-4)
@@ -118,12 +119,14 @@ def test_doob_matching_ratio_normalised_and_h_close_to_exact(base, model, doob_m
     assert rel < 0.35, rel
 
 
+@pytest.mark.slow
 def test_doob_matching_moves_mode_weights_toward_target(base, model, doob_matching):
     X = sample(doob_matching, n=400, sampler="ddpm", num_steps=30, generator=0).numpy()
     X0 = sample(model, n=400, sampler="ddpm", num_steps=30, generator=0).numpy()
     assert mode_weight_error(X, base, SUBSET) < 0.5 * mode_weight_error(X0, base, SUBSET)
 
 
+@pytest.mark.slow
 def test_doob_matching_seeded_and_validated(model, refs, negatives):
     kw = dict(base=model, steps=20, ratio_steps=20)
     a = DoobMatchingDenoiser(random_state=4, **kw).fit(refs, base_samples=negatives)
@@ -193,6 +196,7 @@ def test_classifier_seeded_and_validated(model, refs, negatives):
 
 
 # --------------------------------------------------------------------------- fine-tuning
+@pytest.mark.slow
 def test_finetune_copies_and_moves_toward_target(base, refs):
     mlp = MLPDenoiser(dim=2, hidden=64, depth=2, random_state=0).fit(base.sample(3000, random_state=0), epochs=25, batch_size=256, lr=3e-3, random_state=0)
     before = {k: v.clone() for k, v in mlp.state_dict().items()}

@@ -14,6 +14,7 @@ from mmdguidance.diffusion import (
     VPSchedule,
     eps_to_x0,
     sample,
+    x0_to_eps,
 )
 from mmdguidance.gmm import GaussianMixture, mmd2_to_mixture
 
@@ -87,6 +88,7 @@ def test_conditional_gmm_denoiser_selects_by_nearest_anchor():
         den.predict_eps(x, 100)
 
 
+@pytest.mark.slow
 def test_mlp_denoiser_trains_and_is_reproducible():
     mix = ring()
     X = mix.sample(2000, random_state=0)
@@ -172,3 +174,141 @@ def test_seeds_hooks_and_bad_input():
         sample(den, n=0)
     with pytest.raises(ValueError, match="features"):
         sample(den, torch.zeros(3, 5))
+
+
+# ------------------------------------------------------------------ step functions
+def test_step_functions_and_registry():
+    from mmdguidance.diffusion.samplers import SAMPLERS, ddim_step, ddpm_step, euler_step, heun_step
+
+    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "heun"} and SAMPLERS["heun"] is heun_step
+    sch, den = VPSchedule.linear(), GMMDenoiser(mixture=ring())
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ab, ab_next = sch.alpha_bar(500), sch.alpha_bar(480)
+    eps = den.predict_eps(x, 500)
+    a = ddpm_step(x, eps, ab, ab_next, generator=torch.Generator().manual_seed(1))
+    b = ddim_step(x, eps, ab, ab_next, eta=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    torch.testing.assert_close(euler_step(x, eps, ab, ab_next), ddim_step(x, eps, ab, ab_next), rtol=1e-12, atol=1e-12)
+    # the final step to clean data is the Tweedie estimate, for every step function
+    one = sch.alpha_bar(-1)
+    for step in SAMPLERS.values():
+        torch.testing.assert_close(step(x, eps, ab, one, eps_fn=None), eps_to_x0(x, eps, ab), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="eps_fn"):
+        heun_step(x, eps, ab, ab_next)
+    # x0_to_eps inverts eps_to_x0
+    torch.testing.assert_close(x0_to_eps(x, eps_to_x0(x, eps, ab), ab), eps, rtol=1e-10, atol=1e-12)
+
+
+def test_pre_hook_replaces_the_prediction():
+    den = GMMDenoiser(mixture=ring())
+    plain = sample(den, n=8, sampler="heun", num_steps=6, generator=0)
+    same = sample(den, n=8, sampler="heun", num_steps=6, generator=0, pre_hook=lambda info: info.eps)
+    torch.testing.assert_close(same, plain, rtol=0, atol=1e-12)
+    seen = []
+
+    def pre(info):  # x0_hat is the model's Tweedie estimate at the step's x_t
+        seen.append(float((info.x0_hat - den.predict_x0(info.x, info.t)).abs().max()))
+        return None
+
+    sample(den, n=8, sampler="ddpm", num_steps=6, generator=0, pre_hook=pre)
+    assert len(seen) == 6 and max(seen) < 1e-9
+
+
+# ------------------------------------------------------------------ robustness (issue 14)
+def test_sampler_input_errors():
+    den = GMMDenoiser(mixture=ring())
+    out = sample(den, n=np.int64(3), num_steps=3, generator=0)
+    assert out.shape == (3, 2)
+    with pytest.raises(ValueError, match="n=3 but x_T has 4 rows"):
+        sample(den, torch.zeros(4, 2, dtype=torch.float64), n=3)
+    with pytest.raises(ValueError, match="eta"):
+        sample(den, n=3, eta=float("nan"))
+
+    class Broken:
+        schedule, dim = den.schedule, den.dim
+
+        def predict_eps(self, x, t, cond=None):
+            return torch.full_like(x, float("inf"))
+
+    with pytest.raises(FloatingPointError, match="Broken.predict_eps"):
+        sample(Broken(), n=3, num_steps=3)
+
+
+def test_timestep_and_schedule_validation():
+    sch = VPSchedule.linear()
+    assert float(sch.alpha_bar(-1)) == 1.0 and float(sch.alpha_bar(np.int64(0))) == float(sch.alpha_bars[0])
+    for bad in (1000, -2, -1000):
+        with pytest.raises(ValueError, match="timesteps must lie in"):
+            sch.alpha_bar(bad)
+    with pytest.raises(ValueError, match="integers"):
+        sch.alpha_bar(2.7)
+    with pytest.raises(TypeError, match="timestep"):
+        sch.alpha_bar("5")
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        VPSchedule.linear(num_train_timesteps=-1)
+    with pytest.raises(ValueError, match="s must be"):
+        VPSchedule.cosine(s=-1)
+    den = GMMDenoiser(mixture=ring())
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="one timestep per row"):
+        den.predict_eps(x, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="timesteps must lie in \\[0, 999\\]"):
+        den.predict_eps(x, -1)
+    with pytest.raises(ValueError, match="integers"):
+        den.predict_eps(x, 2.5)
+    torch.testing.assert_close(den.predict_eps(x, torch.tensor([7])), den.predict_eps(x, 7))
+    with pytest.raises(TypeError, match="VPSchedule"):
+        GMMDenoiser(mixture=ring(), schedule="linear")
+
+
+def test_gmm_denoiser_cache_is_bounded():
+    den = GMMDenoiser(mixture=ring())
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    first = den.predict_eps(x, 0)
+    for t in range(200):
+        den.predict_eps(x, t)
+    assert len(den._cache) == den.cache_size == 64
+    torch.testing.assert_close(den.predict_eps(x, 0), first)  # recomputed after eviction, same value
+
+
+def test_mlp_denoiser_validation():
+    for kw, msg in [({"dim": 1.5}, "dim"), ({"dim": 2, "hidden": 0}, "hidden"), ({"dim": 2, "depth": -1}, "depth"),
+                    ({"dim": 2, "time_embed_dim": 0}, "time_embed_dim"), ({"dim": 2, "cond_dim": -1}, "cond_dim")]:
+        with pytest.raises(ValueError, match=msg):
+            MLPDenoiser(**kw)
+    net = MLPDenoiser(dim=2, hidden=8, depth=1)
+    X = np.random.default_rng(0).normal(size=(32, 2))
+    for kw, msg in [({"epochs": 0}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                    ({"batch_size": -1}, "batch_size")]:
+        with pytest.raises(ValueError, match=msg):
+            net.fit(X, **kw)
+    e_np = net.predict_eps(X[:4], 10)
+    e_list = net.predict_eps(X[:4].tolist(), 10)
+    e_t = net.predict_eps(torch.as_tensor(X[:4], dtype=torch.float32), 10)
+    assert torch.equal(e_np, e_t) and torch.equal(e_list, e_t)
+    for bad in (1000, -1):
+        with pytest.raises(ValueError, match="timesteps must lie in"):
+            net.predict_eps(X[:4], bad)
+
+
+def test_mlp_denoiser_warns_when_training_diverges():
+    net = MLPDenoiser(dim=2, hidden=8, depth=1)
+    X = np.random.default_rng(0).normal(size=(64, 2)) * 1e30
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        net.fit(X, epochs=2, batch_size=32, lr=1e30, random_state=0)
+
+
+def test_heun_corrector_carries_the_pre_hook_shift():
+    """A pre_hook adding a constant shift c to eps equals Heun on the model eps + c (corrector included)."""
+    den = GMMDenoiser(mixture=ring())
+    c = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+
+    class Shifted:
+        schedule, dim = den.schedule, den.dim
+
+        def predict_eps(self, x, t, cond=None):
+            return den.predict_eps(x, t) + c
+
+    a = sample(Shifted(), n=8, sampler="heun", num_steps=8, generator=0)
+    b = sample(den, n=8, sampler="heun", num_steps=8, generator=0, pre_hook=lambda info: info.eps + c)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

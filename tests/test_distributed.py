@@ -16,6 +16,7 @@ def test_shard_bounds_partition():
             assert max(e - s for s, e in spans) - min(e - s for s, e in spans) <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n, batch_size, memory_size", [(37, None, None), (40, 16, 24)])
 def test_two_processes_equal_single_process(tmp_path, n, batch_size, memory_size):
     out = str(tmp_path / "x")

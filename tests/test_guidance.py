@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
+from mmdguidance.approx import NystromMMD, RFFMMD
 from mmdguidance.diffusion import GMMDenoiser, VPSchedule
 from mmdguidance.diffusion.samplers import sample as run_sampler
 from mmdguidance.gmm import GaussianMixture, mmd2_to_mixture
@@ -32,23 +33,14 @@ def setup():
 
 
 # ------------------------------------------------------------------ the per-step update
-def test_x0_gradient_chain_matches_autograd():
-    """evaluate_on='x0': grad wrt x of MMD^2(x0_hat(x)) with eps held fixed equals grad_x0 / sqrt(ab)."""
+def test_xt_update_is_the_plain_gradient_step():
     g = torch.Generator().manual_seed(0)
     Y = torch.randn(20, 3, generator=g, dtype=torch.float64)
     m = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(Y)
     x = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    eps = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    ab = 0.6
-    xr = x.clone().requires_grad_(True)
-    m.score((xr - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).backward()
     lam = 0.01
-    gd = MMDGuidance(mmd=m, scale=lam, step_rule="raw", schedule="constant", evaluate_on="x0")
-    new = gd(x, step=0, num_steps=1, alpha_bar=ab, eps=eps)
-    torch.testing.assert_close(new, x - lam * xr.grad, rtol=1e-10, atol=1e-12)
-    # xt evaluation: the plain gradient
     gx = MMDGuidance(mmd=m, scale=lam, step_rule="raw", schedule="constant", evaluate_on="xt")
-    torch.testing.assert_close(gx(x, step=0, num_steps=1, alpha_bar=ab), x - lam * m.gradient(x))
+    torch.testing.assert_close(gx(x, step=0, num_steps=1, alpha_bar=0.6), x - lam * m.gradient(x))
 
 
 def test_normalized_step_rule_is_authors_formula():
@@ -127,12 +119,14 @@ def test_guards_never_emit_nan():
     gd = MMDGuidance(mmd=m, scale=1e12, step_rule="raw", evaluate_on="xt")
     out = gd(x, step=0, num_steps=1, alpha_bar=1.0)
     assert torch.isfinite(out).all()
-    # a non-finite eps (a broken model) produces non-finite features -> rows zeroed/reverted, never NaN
-    eps = torch.full_like(x, float("nan"))
-    gd2 = MMDGuidance(mmd=m, scale=1e6, step_rule="raw", evaluate_on="x0")
-    out2 = gd2(x, step=0, num_steps=1, alpha_bar=0.5, eps=eps)
-    assert torch.isfinite(out2).all()
-    with pytest.warns(GuidanceWarning, match="guards acted"):
+    # a non-finite gradient row is zeroed (never NaN) and reported
+    gd2 = MMDGuidance(mmd=m, scale=1e6, step_rule="raw", evaluate_on="xt")
+    m_nan = MMD(kernel=GaussianKernel(bandwidth=0.05)).fit(Y)
+    m_nan.grad_tensor = lambda Z, **kw: torch.full_like(Z, float("nan"))
+    gd2 = MMDGuidance(mmd=m_nan, scale=1e6, step_rule="raw", evaluate_on="xt")
+    out2 = gd2(x, step=0, num_steps=1, alpha_bar=0.5)
+    assert torch.equal(out2, x)
+    with pytest.warns(GuidanceWarning, match="1 non-finite|6 non-finite"):
         gd2.warn_if_guarded()
 
 
@@ -211,8 +205,8 @@ def test_sequential_memory_resets_to_newest(setup):
 def test_diagnostics_and_mmd_decreases(setup):
     base, target, refs, model = setup
     s = MMDGuidedSampler(model, scale=0.1, num_steps=20, random_state=0).fit(refs)
-    X, diag = s.sample(100, return_diagnostics=True)
-    steps = diag[0]["steps"]
+    X = s.sample(100)
+    steps = s.diagnostics_[0]["steps"]
     applied = [d for d in steps if d["applied"]]
     assert len(steps) == 20 and len(applied) == 16  # default window (0, 0.8): p = step/19 <= 0.8
     assert all({"mmd2", "grad_norm", "step_size", "lambda", "n_clipped"} <= set(d) for d in applied)
@@ -220,7 +214,7 @@ def test_diagnostics_and_mmd_decreases(setup):
     assert s.diagnostics_ is not None and s.score(X) < s.score(run_sampler(model, n=100, generator=0).numpy())
 
 
-@pytest.mark.parametrize("evaluate_on", ["xt", "x0", "noised_refs"])
+@pytest.mark.parametrize("evaluate_on", ["xt", "x0", "x0_jacobian", "noised_refs"])
 @pytest.mark.parametrize("kernel", [GaussianKernel(), IMQKernel(), PolynomialKernel()], ids=["gauss", "imq", "poly"])
 def test_every_option_runs_and_reduces_mmd(setup, evaluate_on, kernel):
     base, target, refs, model = setup
@@ -295,3 +289,242 @@ def test_too_large_scale_is_guarded_with_warning(setup):
     with pytest.warns(GuidanceWarning):
         X = s.fit(refs).sample(32, random_state=0)
     assert np.isfinite(X).all()
+
+
+# ------------------------------------------------------------------ exact Tweedie x0 (issue 13, item 2)
+def _spy_x0(sampler_est):
+    """Record (x_t, t, x0 the discrepancy receives) at every guided pre-step call."""
+    calls, current = [], {}
+    disc = sampler_est.mmd_
+    orig_grad = disc.grad_tensor
+
+    def grad_spy(Z, **kw):
+        calls.append((current["x"].clone(), current["t"], Z.detach().clone()))
+        return orig_grad(Z, **kw)
+
+    disc.grad_tensor = grad_spy
+    orig_guide = MMDGuidance.guide_eps
+
+    def guide_spy(self, x, eps, **kw):
+        current["x"], current["t"] = x, kw["t"]
+        return orig_guide(self, x, eps, **kw)
+
+    return calls, guide_spy
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.5), ("euler", 0.0), ("heun", 0.0)])
+def test_x0_is_the_exact_posterior_mean_at_the_guided_point(setup, sampler, eta, monkeypatch):
+    """The x0 the discrepancy receives equals E[x0 | x_t] (GMMDenoiser.predict_x0) at that very x_t."""
+    base, target, refs, model = setup
+    s = MMDGuidedSampler(model, evaluate_on="x0", sampler=sampler, eta=eta, scale=0.2, random_state=0).fit(refs)  # 50 steps
+    calls, guide_spy = _spy_x0(s)
+    monkeypatch.setattr(MMDGuidance, "guide_eps", guide_spy)
+    s.sample(64)
+    assert len(calls) == 40  # window (0, 0.8) of 50 steps
+    for k in (0, 20, 39):  # first, middle and last guided steps
+        x, t, z = calls[k]
+        exact = model.predict_x0(x, t)
+        torch.testing.assert_close(z, exact, rtol=0, atol=1e-6)
+    # the post-step 'x0' approximation is gone: the guided x_t are genuinely moved off the plain trajectory
+    assert not torch.allclose(calls[1][0], calls[0][0])
+
+
+def test_x0_guidance_is_the_eps_form_of_a_step_on_the_posterior_mean(setup):
+    """eps' = eps - sqrt(ab/(1-ab)) * Delta with Delta = -lam * grad D(x0_hat) (raw rule)."""
+    base, target, refs, model = setup
+    m = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(refs)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    t, lam = 400, 0.3
+    ab = float(model.schedule.alpha_bar(t))
+    eps = model.predict_eps(x, t)
+    gd = MMDGuidance(mmd=m, scale=lam, step_rule="raw", schedule="constant", evaluate_on="x0", max_update_ratio=1e6)
+    new = gd.guide_eps(x, eps, step=0, num_steps=1, alpha_bar=ab, t=t)
+    x0 = model.predict_x0(x, t)
+    expected = eps + lam * math.sqrt(ab / (1 - ab)) * m.gradient(x0)
+    torch.testing.assert_close(new, expected, rtol=1e-9, atol=1e-10)
+    assert gd.take_history()[0]["applied"] and gd.history == []
+
+
+@pytest.mark.parametrize("t", [900, 400, 20])
+def test_x0_jacobian_gradient_is_autograd_through_the_posterior_mean(setup, t):
+    """x0_jacobian: G = grad_x D(E[x0 | x]) by autograd through the closed-form GMM posterior mean (float64)."""
+    base, target, refs, model = setup
+    m = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(refs)
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2
+    ab = float(model.schedule.alpha_bar(t))
+    xr = x.clone().requires_grad_(True)
+    m.score(base.posterior_mean_x0(xr, ab)).backward()
+    G = xr.grad  # (B, D)
+    lam = 0.05
+    gd = MMDGuidance(mmd=m, scale=lam, step_rule="raw", schedule="constant", evaluate_on="x0_jacobian", max_update_ratio=1e6)
+    eps = model.predict_eps(x, t)
+    new = gd.guide_eps(x, eps, step=0, num_steps=1, alpha_bar=ab, eps_fn=lambda y: model.predict_eps(y, t))
+    G_seen = (new - eps) / (lam * math.sqrt(ab / (1 - ab)))
+    torch.testing.assert_close(G_seen, G, rtol=1e-6, atol=1e-9)
+    # the Jacobian matters: at a noisy level J^T g differs from g / sqrt(ab)
+    if t == 900:
+        assert not torch.allclose(G, m.gradient(model.predict_x0(x, t)) / math.sqrt(ab), rtol=1e-2)
+
+
+def test_x0_jacobian_needs_a_differentiable_model(setup):
+    base, target, refs, model = setup
+
+    class Frozen:  # a model whose prediction carries no autograd graph
+        schedule, dim = model.schedule, model.dim
+
+        def predict_eps(self, x, t, cond=None):
+            return model.predict_eps(x.detach(), t).detach()
+
+    s = MMDGuidedSampler(Frozen(), evaluate_on="x0_jacobian", num_steps=5).fit(refs)
+    with pytest.raises(TypeError, match="differentiable"):
+        s.sample(4, random_state=0)
+    X = MMDGuidedSampler(model, evaluate_on="x0_jacobian", num_steps=10, scale=0.1, random_state=0).fit(refs).sample(32)
+    assert np.isfinite(X).all()
+
+
+class _Counting:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.schedule, self.dim = model.schedule, model.dim
+
+    def predict_eps(self, x, t, cond=None):
+        self.calls += 1
+        return self.model.predict_eps(x, t, cond)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "heun"])
+def test_x0_and_xt_cost_the_same_model_calls(setup, sampler):
+    base, target, refs, model = setup
+    counts = {}
+    for ev in ("xt", "x0", "noised_refs"):
+        cm = _Counting(model)
+        MMDGuidedSampler(cm, evaluate_on=ev, sampler=sampler, num_steps=12, random_state=0).fit(refs).sample(16)
+        counts[ev] = cm.calls
+    assert counts["xt"] == counts["x0"] == counts["noised_refs"] == (12 if sampler == "ddpm" else 2 * 12 - 1)
+
+
+# ------------------------------------------------------------------ other discrepancies
+@pytest.mark.parametrize("disc", [RFFMMD(n_features=512, random_state=0), NystromMMD(n_landmarks=30, random_state=0)],
+                         ids=["rff", "nystrom"])
+def test_guided_run_with_an_approximate_discrepancy(setup, disc):
+    base, target, refs, model = setup
+    xT = np.random.default_rng(0).normal(size=(200, 2))
+    common = dict(num_steps=30, random_state=0)
+    s = MMDGuidedSampler(model, discrepancy=disc, scale=0.2, **common).fit(refs)
+    assert isinstance(s.mmd_, type(disc)) and s.mmd_ is not disc
+    X = s.sample(200, x_T=xT)
+    U = MMDGuidedSampler(model, scale=0.0, **common).fit(refs).sample(200, x_T=xT)
+    assert mmd2_to_mixture(X, target, 1.0) < 0.5 * mmd2_to_mixture(U, target, 1.0)
+    assert "mmd2" in s.diagnostics_[0]["steps"][0]
+
+
+# ------------------------------------------------------------------ parameters, seeds, return values
+def test_one_parameter_spec_holds_the_defaults():
+    import inspect
+
+    from mmdguidance.guidance_params import DEFAULTS
+
+    for cls in (MMDGuidedSampler,):
+        sig = inspect.signature(cls.__init__).parameters
+        assert {k: sig[k].default for k in DEFAULTS} == DEFAULTS
+    sig = inspect.signature(MMDGuidance.__init__).parameters
+    assert all(sig[k].default == DEFAULTS[k] for k in sig if k in DEFAULTS)
+
+
+def test_sample_returns_the_samples_and_keeps_diagnostics(setup):
+    base, target, refs, model = setup
+    s = MMDGuidedSampler(model, num_steps=5, random_state=0).fit(refs)
+    X = s.sample(8)
+    assert isinstance(X, np.ndarray) and len(s.diagnostics_) == 1 and len(s.diagnostics_[0]["steps"]) == 5
+    with pytest.warns(DeprecationWarning, match="diagnostics_"):
+        X2, d = s.sample(8, return_diagnostics=True)
+    assert np.array_equal(X, X2) and d is s.diagnostics_
+
+
+# ------------------------------------------------------------------ robustness (issue 14)
+def test_guidance_input_errors_are_clear(setup):
+    base, target, refs, model = setup
+    m = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(refs)
+    gd = MMDGuidance(mmd=m, scale=0.1)
+    with pytest.raises(TypeError, match="torch tensors"):
+        gd(np.zeros((4, 2)), step=0, num_steps=2, alpha_bar=0.5)
+    with pytest.raises(ValueError, match="3 feature.*fitted with 2"):
+        gd(torch.zeros(4, 3, dtype=torch.float64), step=0, num_steps=2, alpha_bar=0.5)
+    mp = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(np.hstack([refs, np.zeros((len(refs), 3))]))
+    with pytest.raises(ValueError, match="2 sample \\+ 2 prompt feature.*fitted with 5"):
+        MMDGuidance(mmd=mp, scale=0.1)(torch.zeros(4, 2, dtype=torch.float64), step=0, num_steps=2, alpha_bar=0.5,
+                                       prompts=torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="diagnostics must be True or False"):
+        MMDGuidedSampler(model, diagnostics="no").fit(refs)
+    with pytest.raises(TypeError, match="record must be True or False"):
+        MMDGuidance(mmd=m, record="no")
+    with pytest.raises(ValueError, match="eta"):
+        MMDGuidedSampler(model, eta=float("nan")).fit(refs)
+    with pytest.raises(TypeError, match="Discrepancy"):
+        MMDGuidedSampler(model, discrepancy=GaussianKernel()).fit(refs)
+    with pytest.raises(ValueError, match="guide_eps"):
+        MMDGuidance(mmd=m, evaluate_on="x0")(torch.zeros(4, 2, dtype=torch.float64), step=0, num_steps=2, alpha_bar=0.5)
+    s = MMDGuidedSampler(model, prompt_kernel=GaussianKernel(bandwidth=1.0), num_steps=3)
+    s.fit(refs, prompts=np.zeros((len(refs), 3)))
+    with pytest.raises(ValueError, match="prompts has 2 features"):
+        s.sample(4, prompts=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="prompts has 2 features"):
+        s.score(refs[:4], prompts=np.zeros((4, 2)))
+
+
+def test_raw_overflow_is_reported_as_overflow_and_clipped_along_the_gradient():
+    g = torch.Generator().manual_seed(4)
+    Y = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    m = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(Y)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64) + 1.0
+    gd = MMDGuidance(mmd=m, scale=1e308, step_rule="raw", schedule="constant", evaluate_on="xt")
+    out = gd(x, step=0, num_steps=1, alpha_bar=1.0)
+    d = out - x
+    cap = torch.clamp(x.norm(dim=1, keepdim=True), min=math.sqrt(3))
+    torch.testing.assert_close(d.norm(dim=1, keepdim=True), cap)  # moved by the cap, not zeroed
+    gr = m.gradient(x)
+    torch.testing.assert_close(d / d.norm(dim=1, keepdim=True), -gr / gr.norm(dim=1, keepdim=True))
+    with pytest.warns(GuidanceWarning, match="overflowed"):
+        gd.warn_if_guarded()
+
+
+def test_a_model_emitting_nan_raises_naming_the_model(setup):
+    base, target, refs, model = setup
+
+    class Broken:
+        schedule, dim = model.schedule, model.dim
+
+        def predict_eps(self, x, t, cond=None):
+            return torch.full_like(x, float("nan"))
+
+    with pytest.raises(FloatingPointError, match="Broken.predict_eps"):
+        MMDGuidedSampler(Broken(), num_steps=5).fit(refs).sample(4, random_state=0)
+
+
+# ------------------------------------------------------------------ step rules and guards (property tests)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+from mmdguidance.step_rules import STEP_RULES, guard_update, sanitize_gradient, step_rule  # noqa: E402
+
+_finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+_anyfloat = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=arrays(np.float64, (5, 3), elements=_finite), g=arrays(np.float64, (5, 3), elements=_anyfloat),
+       lam=st.floats(0, 1e300), rule=st.sampled_from(STEP_RULES), ratio=st.floats(1e-3, 10))
+def test_guarded_update_is_finite_capped_and_descends(x, g, lam, rule, ratio):
+    """Whatever the gradient (NaN/inf rows included) and the scale: finite output, ||delta|| <= cap, delta . g <= 0."""
+    xt, gt = torch.as_tensor(x), torch.as_tensor(g)
+    gs, n_bad = sanitize_gradient(gt)
+    with np.errstate(all="ignore"):
+        assert n_bad == int((~np.isfinite(np.linalg.norm(g, axis=1))).sum()) and torch.isfinite(gs).all()
+    with np.errstate(all="ignore"):
+        new, info = guard_update(xt, step_rule(xt, gs, lam, rule), gs, ratio)
+    assert torch.isfinite(new).all()
+    d = new - xt
+    cap = ratio * torch.clamp(xt.norm(dim=1), min=math.sqrt(3))
+    assert (d.norm(dim=1) <= cap * (1 + 1e-9) + 1e-300).all()
+    assert ((d * gs).sum(1) <= 1e-9 * d.norm(dim=1) * gs.norm(dim=1) + 1e-300).all()

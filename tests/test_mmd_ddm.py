@@ -42,6 +42,7 @@ def _brute_mmd2(X, Y, bws):
     return k(X, X).mean() + k(Y, Y).mean() - 2 * k(X, Y).mean()
 
 
+@pytest.mark.slow
 def test_first_loss_is_the_project_mmd2_and_loss_decreases(model, data):
     K, bs = 3, 64
     before = copy.deepcopy(model.state_dict())

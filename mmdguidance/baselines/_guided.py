@@ -19,7 +19,8 @@ from torch import nn
 from .._utils import as_tensor, check_int, check_positive, check_random_state_torch
 from ..diffusion.denoisers import _per_row_t, sinusoidal_embedding
 
-__all__ = ["GuidedDenoiser", "draw_base_samples", "TimeMLP", "check_denoiser", "check_int", "noised_batch", "balanced_logistic_loss"]
+__all__ = ["GuidedDenoiser", "draw_base_samples", "TimeMLP", "check_denoiser", "check_int", "noised_batch", "balanced_logistic_loss",
+           "optimize"]
 
 
 def check_denoiser(model, *, name: str = "base"):
@@ -123,3 +124,28 @@ def balanced_logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     if (~pos).any():
         loss = loss - 0.5 * ln[~pos].mean()
     return loss
+
+
+def optimize(module: nn.Module, loss_fn, *, steps: int, lr: float, weight_decay: float = 0.0, cosine: bool = True,
+             log_every: int = 50) -> list:
+    """The baselines' training loop: AdamW (optionally with a cosine learning-rate decay) over ``steps`` steps.
+
+    ``loss_fn(step) -> 0-d loss`` draws its own batch. Returns the mean loss of every ``log_every`` steps
+    (and of the last, partial block); leaves ``module`` in eval mode.
+    """
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
+    hist, acc = [], 0.0
+    for step in range(steps):
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        acc += float(loss.detach())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            hist.append(acc / ((step % log_every) + 1))
+            acc = 0.0
+    module.eval()
+    return hist

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._utils import check_array_2d, check_option, check_positive, check_random_state_torch, logger
-from ._guided import GuidedDenoiser, TimeMLP, balanced_logistic_loss, check_int, draw_base_samples, noised_batch
+from ._guided import GuidedDenoiser, TimeMLP, balanced_logistic_loss, check_int, draw_base_samples, noised_batch, optimize
 
 __all__ = ["NoisyDomainClassifier", "ClassifierGuidedDenoiser", "OBJECTIVES"]
 
@@ -71,24 +71,15 @@ class NoisyDomainClassifier:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         self.net_ = TimeMLP(dim=self.dim, hidden=self.hidden, depth=self.depth, time_embed_dim=16,
                             num_train_timesteps=self.schedule.num_train_timesteps, random_state=seed)
-        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.steps)
         half = self.batch_size // 2
         lab = torch.cat([torch.ones(half), torch.zeros(half)])
-        hist, acc = [], 0.0
-        for step in range(self.steps):
+
+        def loss_fn(_):
             x0 = torch.cat([Y[torch.randint(0, len(Y), (half,), generator=g)], X0[torch.randint(0, len(X0), (half,), generator=g)]])
             xt, t, _, _ = noised_batch(x0, self.schedule, g)
-            loss = balanced_logistic_loss(self.net_(xt, t), lab)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            acc += float(loss.detach())
-            if (step + 1) % 50 == 0 or step + 1 == self.steps:
-                hist.append(acc / ((step % 50) + 1))
-                acc = 0.0
-        self.net_.eval()
+            return balanced_logistic_loss(self.net_(xt, t), lab)
+
+        hist = optimize(self.net_, loss_fn, steps=self.steps, lr=self.lr, weight_decay=self.weight_decay)
         self.loss_history_ = hist
         logger.info("NoisyDomainClassifier fitted: final loss %.4f", hist[-1])
         return self

@@ -37,6 +37,7 @@ from ._guided import (
     balanced_logistic_loss,
     check_int,
     draw_base_samples,
+    optimize,
 )
 
 __all__ = ["DoobOracleDenoiser", "DoobMatchingDenoiser"]
@@ -243,15 +244,10 @@ class DoobMatchingDenoiser(GuidedDenoiser):
         X0 = X0.to(torch.float32)
         # ---- 2. density ratio r(x) = q/p by balanced logistic regression
         self.ratio_net_ = TimeMLP(dim=D, hidden=self.hidden, depth=self.depth, time_embed_dim=0, random_state=seed)
-        opt = torch.optim.AdamW(self.ratio_net_.parameters(), lr=self.lr, weight_decay=self.ratio_weight_decay)
         Z = torch.cat([Y, X0], 0)  # (N + M, D)
         lab = torch.cat([torch.ones(len(Y)), torch.zeros(len(X0))])
-        for _ in range(self.ratio_steps):
-            loss = balanced_logistic_loss(self.ratio_net_(Z), lab)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        self.ratio_net_.eval()
+        optimize(self.ratio_net_, lambda _: balanced_logistic_loss(self.ratio_net_(Z), lab), steps=self.ratio_steps,
+                 lr=self.lr, weight_decay=self.ratio_weight_decay, cosine=False)
         with torch.no_grad():
             r_raw = self._raw_ratio(X0)  # (M,)
             self.ratio_normaliser_ = float(r_raw.mean())
@@ -259,12 +255,10 @@ class DoobMatchingDenoiser(GuidedDenoiser):
         # ---- 3. gradient-penalised regression of h_t
         self.h_net_ = TimeMLP(dim=D, hidden=self.hidden, depth=self.depth, time_embed_dim=16,
                               num_train_timesteps=self.schedule.num_train_timesteps, random_state=seed + 1)
-        opt = torch.optim.AdamW(self.h_net_.parameters(), lr=self.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.steps)
         xt_pool, t_pool, r_pool, sig_pool, res_pool = self._regression_pool(X0, r0, g)
         B, P = self.batch_size, len(t_pool)
-        hist, acc = [], 0.0
-        for step in range(self.steps):
+
+        def loss_fn(_):
             b = torch.randint(0, P, (B,), generator=g)
             xt, t, r, sig = xt_pool[b].clone().requires_grad_(True), t_pool[b], r_pool[b], sig_pool[b]  # (B, D), (B,), (B,), (B, 1)
             h = self._h(xt, t)  # (B,)
@@ -273,15 +267,9 @@ class DoobMatchingDenoiser(GuidedDenoiser):
                 (gh,) = torch.autograd.grad(h.sum(), xt, create_graph=True)  # (B, D)
                 target = -(r - h.detach())[:, None] * res_pool[b]  # (B, D) unbiased for sigma * grad h
                 loss = loss + self.gradient_penalty * ((sig * gh - target) ** 2).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            acc += float(loss.detach())
-            if (step + 1) % 50 == 0 or step + 1 == self.steps:
-                hist.append(acc / ((step % 50) + 1))
-                acc = 0.0
-        self.h_net_.eval()
+            return loss
+
+        hist = optimize(self.h_net_, loss_fn, steps=self.steps, lr=self.lr, weight_decay=0.01)  # AdamW default decay
         self.loss_history_ = hist
         logger.info("DoobMatchingDenoiser fitted: ratio normaliser %.3g, final loss %.4g", self.ratio_normaliser_, hist[-1])
         return self

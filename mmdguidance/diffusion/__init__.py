@@ -1,4 +1,4 @@
-"""Toy diffusion models: VP schedules, denoisers (analytic GMM, trainable MLP) and samplers."""
+"""Toy diffusion models: VP schedules, denoisers (analytic GMM, trainable MLP), sampler step functions and the sampling loop."""
 
 from .denoisers import (
     ConditionalGMMDenoiser,
@@ -9,7 +9,7 @@ from .denoisers import (
     eps_to_x0,
     x0_to_eps,
 )
-from .samplers import SAMPLERS, StepInfo, sample
+from .samplers import SAMPLERS, StepInfo, ddim_step, ddpm_step, euler_step, heun_step, sample
 from .schedules import VPSchedule
 
 __all__ = [
@@ -21,6 +21,10 @@ __all__ = [
     "StepInfo",
     "sample",
     "SAMPLERS",
+    "ddim_step",
+    "ddpm_step",
+    "euler_step",
+    "heun_step",
     "eps_to_x0",
     "x0_to_eps",
     "eps_to_score",
