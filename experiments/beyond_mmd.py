@@ -1,5 +1,5 @@
-r"""Beyond MMD: Chamfer, sliced-Wasserstein and kernel-entropy diversity guidance against MMD guidance,
-all driven by the same :class:`~mmdguidance.guidance.MMDGuidedSampler` (its ``discrepancy=`` parameter).
+r"""Beyond MMD: Chamfer (hard and soft-min), sliced-Wasserstein and kernel-entropy diversity guidance against
+MMD guidance, all driven by the same guided sampler (``MMDGuidedSampler(model, discrepancy=...)``).
 
 Protocol (synthetic GMM benchmark of ``experiments/_benchmark.py``, 2-D, analytic base): every method
 starts from the same initial noise and ancestral noise for a seed, uses the sampler's defaults (DDPM,
@@ -14,7 +14,8 @@ Reported: exact MMD² (bandwidth 1), W2 and sliced W2 to fixed target draws, pre
 (k = 5), RKE and Vendi (Gaussian bandwidth 1; target draws give the reference level), the fraction of
 samples within ``COPY_RADIUS`` of a reference (copying; fresh target draws give the no-copy level),
 the guidance gradient's cost per call relative to MMD's (same run, same sizes) and the sampler's wall
-time relative to MMD guidance; and the behaviour as N grows (N = 5, 10, 50, 200).
+time relative to MMD guidance; the behaviour as N grows (N = 5, 10, 50, 200); and, at the 2-D settings,
+the same comparison in d = 32 (full configuration).
 """
 
 from __future__ import annotations
@@ -36,18 +37,20 @@ from ._benchmark import FIGURES, base_model, evaluate, references, run_method, s
 from ._common import check_config, save_figure, save_json, use_agg
 
 NAME = "beyond_mmd"
-METHODS = ("none", "mmd", "chamfer", "sw", "diversity")
+METHODS = ("none", "mmd", "chamfer", "chamfer_soft", "sw", "diversity")
 GUIDED = METHODS[1:]
-LABELS = {"none": "no guidance", "mmd": "MMD", "chamfer": "Chamfer", "sw": "sliced W2", "diversity": "RKE diversity + MMD attraction"}
-COLORS = {"none": "tab:blue", "mmd": "tab:green", "chamfer": "tab:red", "sw": "tab:purple", "diversity": "tab:orange"}
+LABELS = {"none": "no guidance", "mmd": "MMD", "chamfer": "Chamfer", "chamfer_soft": "Chamfer (soft-min)", "sw": "sliced W2",
+          "diversity": "RKE diversity + MMD attraction"}
+COLORS = {"none": "tab:blue", "mmd": "tab:green", "chamfer": "tab:red", "chamfer_soft": "tab:pink", "sw": "tab:purple",
+          "diversity": "tab:orange"}
 COPY_RADIUS = 0.05  # in the plane; the mode std is 0.25
 METRIC_BW = 1.0  # RKE / Vendi bandwidth (the exact-MMD² metric's, 2-D)
 CONFIGS = {
     "full": dict(keys=("subset", "reweight", "shifted", "variance", "outside"), N=50, n=300, num_steps=50,
-                 scales=(0.05, 0.1, 0.2, 0.4, 0.8), diversity_weights=(0.03, 0.1, 0.3), dev_seeds=2, test_seeds=5, Ns=(5, 10, 50, 200),
+                 scales=(0.05, 0.1, 0.2, 0.4, 0.8), diversity_weights=(0.03, 0.1, 0.3), temperatures=(0.01, 0.1), dev_seeds=2, test_seeds=5, Ns=(5, 10, 50, 200),
                  n_keys=("subset",), n_seeds=4, timing=((2, 300, 50, torch.float64), (64, 256, 200, torch.float32)),
                  repeats=30, hd=dict(dim=32, keys=("subset", "reweight", "variance"), seeds=3)),
-    "fast": dict(keys=("subset",), N=20, n=60, num_steps=15, scales=(0.1, 0.4), diversity_weights=(0.1,), dev_seeds=1, test_seeds=2, Ns=(5, 50),
+    "fast": dict(keys=("subset",), N=20, n=60, num_steps=15, scales=(0.1, 0.4), diversity_weights=(0.1,), temperatures=(0.1,), dev_seeds=1, test_seeds=2, Ns=(5, 50),
                  n_keys=("subset",), n_seeds=2, timing=((2, 60, 20, torch.float64),), repeats=3, hd=None),
 }
 TEST_SEED0 = 100  # held-out seeds start here (development seeds start at random_state)
@@ -58,16 +61,20 @@ def supports_discrepancy() -> bool:
     return "discrepancy" in MMDGuidedSampler().get_params()
 
 
-def make_discrepancy(method: str, seed: int, diversity: float = 1.0):
-    """The discrepancy of a guided method (``None``: the sampler's own MMD); ``diversity``: the RKE weight λ."""
+def make_discrepancy(method: str, seed: int, params: dict | None = None):
+    """The discrepancy of a guided method (``None``: the sampler's own MMD); ``params`` may hold ``diversity``
+    (the RKE weight λ, default 1) and ``temperature`` (the soft-min τ, default 0.1)."""
+    params = params or {}
     if method == "mmd":
         return None
     if method == "chamfer":
         return Chamfer()
+    if method == "chamfer_soft":
+        return Chamfer(temperature=params.get("temperature", 0.1))
     if method == "sw":
         return SlicedWasserstein(n_projections=64, random_state=seed)
     if method == "diversity":
-        return KernelEntropyDiversity(diversity=diversity)
+        return KernelEntropyDiversity(diversity=params.get("diversity", 1.0))
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -81,7 +88,7 @@ def generate(method, model, sc, refs, n, seed, params, num_steps) -> tuple[np.nd
         X = run_method("none", model, sc, refs, n, seed, num_steps=num_steps)
     else:
         kw = dict(scale=params["scale"], diagnostics=False)
-        disc = make_discrepancy(method, seed, params.get("diversity", 1.0))
+        disc = make_discrepancy(method, seed, params)
         if disc is not None:
             kw["discrepancy"] = disc
         X = run_method("mmd", model, sc, refs, n, seed, mmd=kw, num_steps=num_steps)
@@ -119,6 +126,8 @@ def variants(method: str, cfg) -> list[dict]:
     """The settings tried on the development seeds: the shared scale grid (times λ for the RKE method)."""
     if method == "diversity":
         return [{"scale": s, "diversity": lam} for s in cfg["scales"] for lam in cfg["diversity_weights"]]
+    if method == "chamfer_soft":
+        return [{"scale": s, "temperature": tau} for s in cfg["scales"] for tau in cfg["temperatures"]]
     return [{"scale": s} for s in cfg["scales"]]
 
 
@@ -334,11 +343,12 @@ def plot(data, scen, samples, out_dir):
 
     keys = data["config_values"]["keys"]
     sk = [k for k in ("subset", "variance", "outside") if k in keys][:2] or list(keys)[:1]
-    fig = plt.figure(figsize=(14, 3.0 * len(sk) + 7.5))
-    gs = GridSpec(len(sk) + 2, 20, figure=fig, hspace=0.6, wspace=1.2)
-    _scatter_rows(fig, [[gs[i, 4 * j: 4 * j + 4] for j in range(5)] for i in range(len(sk))], samples, sk, scen, data["summary"])
-    _diff_panels(fig, [gs[len(sk), 5 * c: 5 * c + 4] for c in range(4)], data["summary"], list(keys))
-    _n_and_cost_panels(fig, [gs[len(sk) + 1, 7 * c: 7 * c + 6] for c in range(3)], data["n_sweep"],
+    fig = plt.figure(figsize=(16, 3.0 * len(sk) + 7.5))
+    gs = GridSpec(len(sk) + 2, 24, figure=fig, hspace=0.6, wspace=1.2)
+    _scatter_rows(fig, [[gs[i, 4 * j: 4 * j + 4] for j in range(len(METHODS))] for i in range(len(sk))], samples, sk, scen,
+                  data["summary"])
+    _diff_panels(fig, [gs[len(sk), 6 * c: 6 * c + 5] for c in range(4)], data["summary"], list(keys))
+    _n_and_cost_panels(fig, [gs[len(sk) + 1, 8 * c: 8 * c + 7] for c in range(3)], data["n_sweep"],
                        data["config_values"]["n_keys"][0], data["gradient_cost"])
     fig.suptitle("Beyond MMD: the same guided sampler driven by Chamfer, sliced W2 and RKE diversity (held-out seeds)", fontsize=10)
     save_figure(fig, out_dir, NAME)
