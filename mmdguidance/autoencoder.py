@@ -19,6 +19,7 @@ guidance runs unchanged in latent space on references encoded by the same encode
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -40,6 +41,24 @@ def _mlp(sizes, random_state):
             if i < len(sizes) - 2:
                 layers.append(nn.SiLU())
         return nn.Sequential(*layers)
+
+
+#: Smallest latent scale: codes are divided by it, so a collapsed latent (constant data) stays finite.
+_MIN_LATENT_SCALE = 1e-6
+
+
+def _latent_scale(Z: torch.Tensor) -> float:
+    r"""RMS spread of the codes :math:`\sqrt{\mathrm{mean}_k \mathrm{Var}(z_k)}`, floored at ``_MIN_LATENT_SCALE`` (warns)."""
+    s = float(Z.var(0).mean().sqrt()) if Z.shape[0] > 1 else 0.0
+    if not s >= _MIN_LATENT_SCALE:
+        warnings.warn(
+            f"Autoencoder: the codes have (almost) no spread (scale {s:.3g}; constant training data?); "
+            f"using latent_scale_ = {_MIN_LATENT_SCALE:g} so that encode() stays finite",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        s = _MIN_LATENT_SCALE
+    return s
 
 
 def _check_int(v, name, lo):
@@ -136,7 +155,7 @@ class Autoencoder(BaseEstimator):
         with torch.no_grad():
             Z = self.encoder_(Xt)  # (n, d)
         self.latent_mean_ = Z.mean(0)
-        self.latent_scale_ = float(Z.var(0).mean().sqrt())
+        self.latent_scale_ = _latent_scale(Z)
         self.n_features_in_ = int(D)
         logger.info("Autoencoder trained: reconstruction MSE %.4f", self.loss_history_[-1])
         return self
@@ -171,7 +190,21 @@ class Autoencoder(BaseEstimator):
 
     @classmethod
     def from_state(cls, state: dict) -> "Autoencoder":
-        """Rebuild a fitted autoencoder from :meth:`state` (no training)."""
+        """Rebuild a fitted autoencoder from :meth:`state` (no training).
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a dict.
+        ValueError
+            Keys are missing (the message lists them).
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be the dict returned by Autoencoder.state(), got {type(state).__name__}")
+        needed = ("encoder", "decoder", "latent_mean", "latent_scale", "n_features_in", "params")
+        missing = [k for k in needed if k not in state]
+        if missing:
+            raise ValueError(f"state is missing {missing}; expected the dict returned by Autoencoder.state()")
         ae = cls(**state["params"])
         ae._validate()
         D, d, h = int(state["n_features_in"]), int(ae.latent_dim), int(ae.hidden)

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
 
 import numpy as np
 import torch
 from scipy.linalg import solve_triangular
 
 from ._utils import ArrayLike, as_tensor, check_array_2d, from_tensor, logger
+from .distances import BLOCK_ELEMENTS, sq_dists
+from .kernels import parse_bandwidth
 
 __all__ = [
     "GaussianMixture",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 #: Target number of elements of one temporary block (rows x columns) in row-chunked loops.
-_BLOCK_ELEMENTS = 2**22
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 #: Relative tolerance below which a negative MMD^2 is treated as round-off and clipped to 0.
 _CLIP_RTOL = 1e-12
@@ -70,6 +71,8 @@ def _to_numpy(x, *, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real, got complex values")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
     return arr.astype(np.float64)
@@ -96,30 +99,12 @@ def _row_blocks(n: int, per_row: int, rows: int | None = None):
 def _check_bandwidth(bandwidth) -> np.ndarray:
     r"""Bandwidth spec -> 1-D float64 array of :math:`\sigma_s > 0`.
 
-    Accepts a positive float, a non-empty sequence / array / tensor of positive
-    floats, or a fitted :class:`~mmdguidance.kernels.GaussianKernel` (its
-    ``bandwidth_``).
+    :func:`mmdguidance.kernels.parse_bandwidth` (the package's one parser): a positive float,
+    a non-empty flat sequence / array / tensor of positive floats, or a fitted
+    :class:`~mmdguidance.kernels.GaussianKernel` (its ``bandwidth_``). ``'median'`` must be
+    resolved on data first (``TypeError``).
     """
-    if hasattr(bandwidth, "bandwidth_") and type(bandwidth).__name__ == "GaussianKernel":
-        bandwidth = bandwidth.bandwidth_
-    if isinstance(bandwidth, str):
-        raise TypeError(
-            f"bandwidth must be a positive float or a list of positive floats, got the string {bandwidth!r} "
-            "(resolve 'median' with mmdguidance.kernels.median_heuristic first)"
-        )
-    if isinstance(bandwidth, bool):
-        raise TypeError(f"bandwidth must be a positive float or a list of positive floats, got {bandwidth!r}")
-    if isinstance(bandwidth, numbers.Real):
-        vals = np.array([float(bandwidth)])
-    elif isinstance(bandwidth, (Sequence, np.ndarray, torch.Tensor)):
-        vals = _to_numpy(bandwidth, name="bandwidth").ravel()
-        if vals.size == 0:
-            raise ValueError("bandwidth list is empty; give at least one positive sigma")
-    else:
-        raise TypeError(f"bandwidth must be a positive float or a list of positive floats, got {bandwidth!r}")
-    if not np.all(np.isfinite(vals)) or np.any(vals <= 0):
-        raise ValueError(f"bandwidth must be > 0 and finite, got {bandwidth!r}")
-    return vals
+    return parse_bandwidth(bandwidth)
 
 
 def _check_alpha_bar(alpha_bar) -> float:
@@ -274,6 +259,40 @@ class GaussianMixture:
         raise ValueError(
             f"covariances must be a scalar, (K,), (K, d) or (K, d, d) with K={K}, d={d}; got shape {C.shape}"
         )
+
+    @classmethod
+    def ring(cls, n_modes: int = 8, radius: float = 4.0, std: float = 0.25, dim: int = 2, weights=None, phase: float = 0.0):
+        r"""Isotropic components on a circle: the package's standard toy target.
+
+        .. math:: m_k = r\,(\cos\theta_k, \sin\theta_k, 0, \dots, 0), \quad
+                  \theta_k = \text{phase} + 2\pi k / K, \qquad S_k = \text{std}^2 I_d .
+
+        Parameters
+        ----------
+        n_modes : int >= 1
+        radius : float > 0
+        std : float > 0
+            Per-coordinate standard deviation of every component.
+        dim : int >= 2
+            The ring lies in the first two coordinates.
+        weights : array of shape (n_modes,), optional
+            Default uniform.
+        phase : float
+            Angle of the first mode, radians.
+        """
+        for nm, v, lo in (("n_modes", n_modes, 1), ("dim", dim, 2)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+                raise ValueError(f"{nm} must be an integer >= {lo}, got {v!r}")
+        for nm, v in (("radius", radius), ("std", std)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
+                raise ValueError(f"{nm} must be a positive finite number, got {v!r}")
+        if isinstance(phase, bool) or not isinstance(phase, numbers.Real) or not math.isfinite(phase):
+            raise ValueError(f"phase must be a finite number, got {phase!r}")
+        a = float(phase) + 2.0 * np.pi * np.arange(n_modes) / n_modes  # (K,)
+        means = np.zeros((int(n_modes), int(dim)))
+        means[:, 0], means[:, 1] = radius * np.cos(a), radius * np.sin(a)
+        w = np.full(int(n_modes), 1.0 / n_modes) if weights is None else weights
+        return cls(weights=w, means=means, covariances=np.full(int(n_modes), float(std) ** 2))
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -729,12 +748,10 @@ def mmd2_to_mixture(X: ArrayLike, Q: GaussianMixture, bandwidth, *, chunk_size: 
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     t = t.detach()
     n = t.shape[0]
-    Xc = t - t.mean(0, keepdim=True)  # centring keeps the distance expansion accurate
-    sq = (Xc * Xc).sum(1)  # (n,)
     c = [1.0 / (2.0 * s * s) for s in sig]
     total = torch.zeros((), dtype=torch.float64, device=t.device)
     for b in _row_blocks(n, n, chunk_size):
-        d2 = (sq[b, None] + sq[None, :] - 2.0 * (Xc[b] @ Xc.T)).clamp_min_(0.0)  # (b, n)
+        d2 = sq_dists(t[b], t, dtype=torch.float64)  # (b, n), exact 0 on the diagonal: k(x, x) = S
         for ci in c:
             total = total + torch.exp(-ci * d2).sum(dtype=torch.float64)
     kxx = float(total) / (n * n)

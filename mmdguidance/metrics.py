@@ -38,6 +38,7 @@ import torch
 from sklearn.base import clone
 
 from ._utils import check_array_2d, check_positive, check_random_state_torch, logger
+from .distances import BLOCK_ELEMENTS, check_dense_size, sq_dists
 from .kernels import GaussianKernel, Kernel, PolynomialKernel
 from .mmd import MMD, mmd2
 
@@ -57,13 +58,22 @@ __all__ = [
     "mode_weight_error",
 ]
 
+#: RRKE values below this are SVD round-off and reported as exactly 0.
+_RRKE_ROUNDOFF = 1e-12
+
 #: Elements of one row block in the chunked pairwise computations.
-_BLOCK_ELEMENTS = 2**22
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 
 # --------------------------------------------------------------------------- validation helpers
 def _check_samples(X, *, name: str, func: str, min_samples: int = 1, n_features: int | None = None) -> torch.Tensor:
-    """Validate a 2-D finite sample matrix; return a detached float64 tensor on its device."""
+    """Validate a 2-D finite sample matrix; return a detached float64 tensor on its device.
+
+    Integer and bool tensors are converted to float64 directly (not through float32, which
+    would round integers above 2**24); complex input raises ``ValueError``.
+    """
+    if isinstance(X, torch.Tensor) and not X.is_floating_point() and not X.is_complex():
+        X = X.detach().to(torch.float64)
     t = check_array_2d(X, name=name)  # 2-D, >= 1 row, finite
     if t.shape[0] < min_samples:
         raise ValueError(f"{func}: {name} needs at least {min_samples} samples, got {t.shape[0]}")
@@ -218,7 +228,8 @@ def wasserstein2(X, Y, num_iter_max: int = 1_000_000) -> float:
               \sum_{i,j}\pi_{ij}\|x_i-y_j\|^2\Big)^{1/2}
 
     solved as a linear program by POT's network simplex (``ot.emd2``, squared Euclidean
-    cost). Returns :math:`W_2`, not its square. Cost :math:`O(n^3)`-ish and an
+    cost from :func:`mmdguidance.distances.sq_dists`). Returns :math:`W_2`, **not squared**
+    (``ot.emd2`` returns the squared cost: ``W_2 = sqrt(ot.emd2(a, b, M))``). Cost :math:`O(n^3)`-ish and an
     :math:`n\times m` matrix: meant for a few thousand samples. An empirical :math:`W_2`
     overestimates the population distance by a sampling term that decays slowly in high
     dimension; compare methods at equal sample sizes.
@@ -233,14 +244,23 @@ def wasserstein2(X, Y, num_iter_max: int = 1_000_000) -> float:
     Returns
     -------
     float
+
+    Raises
+    ------
+    ValueError
+        If ``n * m`` exceeds :data:`mmdguidance.distances.MAX_DENSE_ELEMENTS` (use
+        :func:`sliced_wasserstein2` or subsample).
     """
     import ot
 
     Xt, Yt = _check_pair(X, Y, func="wasserstein2")
-    Xn, Yn = _np(Xt), _np(Yt)
-    M = ot.dist(Xn, Yn, metric="sqeuclidean")  # (n, m)
-    a = np.full(len(Xn), 1.0 / len(Xn))
-    b = np.full(len(Yn), 1.0 / len(Yn))
+    check_dense_size(
+        Xt.shape[0], Yt.shape[0], func="wasserstein2",
+        alternative="use sliced_wasserstein2 (no dense matrix) or a random subsample of both sets",
+    )
+    M = _np(sq_dists(Xt, Yt))  # (n, m), centred and exact 0 on identical points (unlike ot.dist on raw data)
+    a = np.full(Xt.shape[0], 1.0 / Xt.shape[0])
+    b = np.full(Yt.shape[0], 1.0 / Yt.shape[0])
     cost = float(ot.emd2(a, b, M, numItermax=_check_int(num_iter_max, name="num_iter_max", minimum=1)))
     return math.sqrt(max(cost, 0.0))
 
@@ -251,7 +271,8 @@ def sliced_wasserstein2(X, Y, n_projections: int = 128, random_state=None) -> fl
     .. math:: SW_2 = \Big(\frac1L \sum_{l=1}^L W_2^2(\theta_l^\top X, \theta_l^\top Y)\Big)^{1/2},
               \qquad \theta_l \sim \mathrm{Unif}(S^{d-1}),
 
-    each 1-D :math:`W_2` exact (sorted quantiles). The directions are drawn from a torch
+    each 1-D :math:`W_2` exact (sorted quantiles). Returns :math:`SW_2`, **not squared** (as
+    ``ot.sliced_wasserstein_distance(..., p=2)``, which it calls with the same projections). The directions are drawn from a torch
     generator seeded by ``random_state``, so a fixed seed gives the same value. For a
     translation :math:`Y = X + v`, :math:`E[SW_2^2] = \|v\|^2/d`.
 
@@ -313,7 +334,12 @@ def frechet_distance(X, Y, eps: float = 1e-6) -> float:
     ``RuntimeWarning`` is issued and :math:`\epsilon I` with
     :math:`\epsilon = \mathrm{eps}\cdot\max(\mathrm{tr}\Sigma_X, \mathrm{tr}\Sigma_Y)/d` is
     added to both covariances (the result then carries an error of order
-    :math:`d\sqrt{\epsilon\,\lambda}`). The plug-in FD is biased upwards at small n.
+    :math:`d\sqrt{\epsilon\,\lambda}`; a relative bias up to about 1e-3 against the exact
+    Bures value in the tests' n < d cases). pytorch-fid instead adds :math:`10^{-6} I` only
+    when ``sqrtm`` fails to return a finite result. Non-singular covariances are not
+    regularised: then the value matches pytorch-fid's ``calculate_frechet_distance`` to
+    round-off. FD is **squared** (a squared :math:`W_2`), like FID.
+    The plug-in FD is biased upwards at small n.
 
     Parameters
     ----------
@@ -365,9 +391,12 @@ def kernel_distance(X, Y, n_subsets: int = 100, subset_size: int = 1000, random_
 
     computed by :func:`mmdguidance.mmd.mmd2` with
     :class:`~mmdguidance.kernels.PolynomialKernel` (degree 3, gamma 1/d, coef0 1).
-    ``s = min(subset_size, n, m)``, so small samples work (s >= 2). Each subset value is
-    unbiased (can be < 0); so is their mean. Values are not multiplied by 1000 (papers
-    often report KID x 1e3).
+    ``s = min(subset_size, n, m)``, so small samples work (s >= 2): the subset size is
+    **clipped silently** (torchmetrics' ``KernelInceptionDistance`` raises instead; the
+    clipped value is returned as ``subset_size``). Each subset value is unbiased (can be < 0);
+    so is their mean. This is the polynomial-kernel unbiased estimator of torch-fidelity /
+    torchmetrics (``(k_xx.sum() - diag)/(s(s-1)) + ... - 2 k_xy.mean()``). Values are **not**
+    multiplied by 1000 (papers often report KID x 1e3).
 
     Parameters
     ----------
@@ -407,7 +436,7 @@ def precision_recall_density_coverage(real, fake, k: int = 5) -> dict:
     r"""Precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020).
 
     With :math:`r_k(z)` the distance from a point to its k-th nearest neighbour within its
-    own set (itself excluded; scikit-learn ``NearestNeighbors``), :math:`B(z, r)` the closed
+    own set (itself excluded), :math:`B(z, r)` the closed
     ball, real samples :math:`y_1..y_N` and fake samples :math:`f_1..f_M`:
 
     .. math::
@@ -416,9 +445,15 @@ def precision_recall_density_coverage(real, fake, k: int = 5) -> dict:
         \text{density} &= \frac{1}{kM}\sum_j\sum_i \mathbb 1\big[f_j\in B(y_i, r_k(y_i))\big] \\
         \text{coverage} &= \frac1N\sum_i \mathbb 1\big[\exists j: f_j\in B(y_i, r_k(y_i))\big]
 
-    Balls are closed (:math:`\le`; the ``prdc`` package uses :math:`<`, which differs only
-    on ties). Density is not bounded by 1 (about 1 when fake and real are i.i.d. from one
-    distribution). The ``N x M`` distances are processed in blocks of fake rows.
+    Balls are **closed** (:math:`\le`); the ``prdc`` package uses open balls (:math:`<`), which
+    differs only on ties (duplicated points, identical sets: here identical sets give precision,
+    recall and coverage 1 and density :math:`\frac1{kM}\sum_j\#\{i: \|f_j - y_i\| \le r_k(y_i)\}`
+    computed deterministically, since radii and ball tests come from one distance computation,
+    :func:`mmdguidance.distances.sq_dists`, with exact zeros for duplicates). The radius of a
+    point is the (k+1)-th smallest distance in its row, the point itself counting as the first
+    (as in ``prdc``). Density is not bounded by 1 (about 1 when fake and real are i.i.d. from one
+    distribution). The ``N x M`` distances are processed in row blocks (memory
+    :math:`O(\text{block}\cdot\max(N, M))`).
 
     Parameters
     ----------
@@ -430,37 +465,40 @@ def precision_recall_density_coverage(real, fake, k: int = 5) -> dict:
     -------
     dict with float entries ``precision``, ``recall``, ``density``, ``coverage``
     """
-    from scipy.spatial.distance import cdist
-    from sklearn.neighbors import NearestNeighbors
-
     k = _check_int(k, name="k", minimum=1)
     Rt, Ft = _check_pair(real, fake, func="precision_recall_density_coverage", min_samples=k + 1, names=("real", "fake"))
-    R, F = _np(Rt), _np(Ft)
-
-    def radii(A):  # (len(A),) distance to the k-th neighbour, the point itself excluded
-        dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(A).kneighbors(A)
-        return dist[:, k]
-
-    rr, rf = radii(R), radii(F)
-    N, M = len(R), len(F)
-    precise = np.zeros(M, bool)
-    n_in_real = np.zeros(M)
-    covered = np.zeros(N, bool)
-    recalled = np.zeros(N, bool)
-    rows = max(1, _BLOCK_ELEMENTS // N)
+    N, M = Rt.shape[0], Ft.shape[0]
+    rows = max(1, _BLOCK_ELEMENTS // max(N, M))
+    r2 = _knn_sq_radii(Rt, k, rows)  # (N,) squared k-NN radii of the real balls
+    f2 = _knn_sq_radii(Ft, k, rows)  # (M,)
+    precise = torch.zeros(M, dtype=torch.bool, device=Ft.device)
+    n_in_real = torch.zeros(M, dtype=torch.float64, device=Ft.device)
+    covered = torch.zeros(N, dtype=torch.bool, device=Ft.device)
+    recalled = torch.zeros(N, dtype=torch.bool, device=Ft.device)
+    # each ball test uses distances computed exactly as its radius was (same rows, same blocks)
+    for s in range(0, N, rows):
+        in_real = sq_dists(Rt[s : s + rows], Ft) <= r2[s : s + rows, None]  # (b, M): fake j in real ball i
+        precise |= in_real.any(0)
+        n_in_real += in_real.sum(0, dtype=torch.float64)
+        covered[s : s + rows] = in_real.any(1)
     for s in range(0, M, rows):
-        D = cdist(F[s : s + rows], R)  # (b, N)
-        in_real = D <= rr[None, :]  # fake j inside real ball i
-        precise[s : s + rows] = in_real.any(1)
-        n_in_real[s : s + rows] = in_real.sum(1)
-        covered |= in_real.any(0)
-        recalled |= (D <= rf[s : s + rows, None]).any(0)  # real i inside fake ball j
+        recalled |= (sq_dists(Ft[s : s + rows], Rt) <= f2[s : s + rows, None]).any(0)  # real i in fake ball j
     return {
-        "precision": float(precise.mean()),
-        "recall": float(recalled.mean()),
+        "precision": float(precise.double().mean()),
+        "recall": float(recalled.double().mean()),
         "density": float(n_in_real.sum() / (k * M)),
-        "coverage": float(covered.mean()),
+        "coverage": float(covered.double().mean()),
     }
+
+
+def _knn_sq_radii(A: torch.Tensor, k: int, rows: int) -> torch.Tensor:
+    """Squared distance of every row of ``A`` ``(n, d)`` to its k-th nearest other row, shape ``(n,)``.
+
+    The (k+1)-th smallest entry of each row of the pairwise matrix (the point itself is the
+    exact 0 that :func:`~mmdguidance.distances.sq_dists` guarantees), as ``prdc`` does.
+    """
+    out = [torch.kthvalue(sq_dists(A[s : s + rows], A), k + 1, dim=1).values for s in range(0, A.shape[0], rows)]
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- kernel entropies
@@ -519,8 +557,14 @@ def rke(X, kernel=None) -> float:
     float
     """
     Xt = _check_samples(X, name="X", func="rke")
-    K = _normalised_gram(_resolve_kernel(kernel, Xt, "rke"), Xt, Xt, "rke") / Xt.shape[0]  # (n, n)
-    return float(1.0 / (K * K).sum())
+    k = _resolve_kernel(kernel, Xt, "rke")
+    n = Xt.shape[0]
+    rows = max(1, _BLOCK_ELEMENTS // n)
+    total = torch.zeros((), dtype=torch.float64, device=Xt.device)
+    for s in range(0, n, rows):  # memory O(rows * n): no n x n matrix
+        Kb = _normalised_gram(k, Xt[s : s + rows], Xt, "rke") / n  # (b, n)
+        total = total + (Kb * Kb).sum()
+    return float(1.0 / total)
 
 
 def vendi_score(X, kernel=None, q: float = 1.0) -> float:
@@ -535,7 +579,12 @@ def vendi_score(X, kernel=None, q: float = 1.0) -> float:
 
     ``q=2`` equals :func:`rke`. Non-increasing in q; between 1 and n. An "effective number
     of distinct samples": m well-separated equal clusters give m for every q.
-    Cost: one :math:`n\times n` symmetric eigendecomposition.
+    Cost: one :math:`n\times n` symmetric eigendecomposition; above
+    :data:`mmdguidance.distances.MAX_DENSE_ELEMENTS` entries a ``ValueError`` suggests a
+    subsample (or :func:`rke`, the chunked order-2 score). Computed as
+    :math:`\exp\big(\mathrm{logsumexp}(q\log\lambda)/(1-q)\big)`, finite for any q (e.g. 1e5).
+    Convention of the ``vendi_score`` package (``score_K(K, q)``): the same formula on
+    :math:`K/n` with the kernel's own diagonal (here normalised to 1).
 
     Parameters
     ----------
@@ -552,6 +601,8 @@ def vendi_score(X, kernel=None, q: float = 1.0) -> float:
     if not q > 0:
         raise ValueError(f"vendi_score: q must be > 0 (or inf), got {q!r}")
     Xt = _check_samples(X, name="X", func="vendi_score")
+    check_dense_size(Xt.shape[0], Xt.shape[0], func="vendi_score",
+                     alternative="score a random subsample of X, or use rke (order 2, computed in blocks)")
     K = _normalised_gram(_resolve_kernel(kernel, Xt, "vendi_score"), Xt, Xt, "vendi_score") / Xt.shape[0]
     lam = torch.linalg.eigvalsh(K).clamp_min(0.0)  # (n,)
     lam = lam / lam.sum()
@@ -560,7 +611,8 @@ def vendi_score(X, kernel=None, q: float = 1.0) -> float:
     if q == 1.0:
         nz = lam[lam > 0]
         return float(torch.exp(-(nz * nz.log()).sum()))
-    return float(torch.exp(torch.log((lam[lam > 0] ** q).sum()) / (1.0 - q)))
+    logs = torch.logsumexp(q * torch.log(lam[lam > 0]), 0)  # log sum lam^q without overflow/underflow
+    return float(torch.exp(logs / (1.0 - q)))
 
 
 def rrke(X, Y, kernel=None) -> float:
@@ -581,7 +633,9 @@ def rrke(X, Y, kernel=None) -> float:
     generated sample is kernel-close to any reference. **Lower is better.** For
     well-separated clusters with proportions :math:`p` (generated) and :math:`q` (references)
     it equals :math:`-2\log\sum_c\sqrt{p_c q_c}`, the Rényi-1/2 divergence of the cluster
-    histograms.
+    histograms. Values below ``1e-12`` (the SVD's round-off, e.g. ``rrke(X, X)``) are
+    returned as ``+0.0``. Above :data:`mmdguidance.distances.MAX_DENSE_ELEMENTS` entries of
+    :math:`K_{XY}` a ``ValueError`` suggests subsampling.
 
     Parameters
     ----------
@@ -596,12 +650,14 @@ def rrke(X, Y, kernel=None) -> float:
     float
     """
     Xt, Yt = _check_pair(X, Y, func="rrke")
+    check_dense_size(Xt.shape[0], Yt.shape[0], func="rrke", alternative="score random subsamples of X and Y")
     k = _resolve_kernel(kernel, Yt, "rrke")
     Kxy = _normalised_gram(k, Xt, Yt, "rrke") / math.sqrt(Xt.shape[0] * Yt.shape[0])  # (n, m)
     fidelity = float(torch.linalg.svdvals(Kxy).sum())
     if fidelity <= 0.0:
         return math.inf
-    return max(-2.0 * math.log(fidelity), 0.0)
+    val = -2.0 * math.log(fidelity)
+    return val if val > _RRKE_ROUNDOFF else 0.0  # +0.0 (not -0.0 or 2e-16) when X equals Y
 
 
 # --------------------------------------------------------------------------- Gaussian mixtures
@@ -668,7 +724,15 @@ def mode_coverage(X, mixture, threshold_sigma: float = 3.0, min_fraction=None) -
     if min_fraction is None:
         thr = 0.1 * mixture.weights
     else:
-        thr = np.broadcast_to(np.asarray(min_fraction, float), (K,))
+        if np.iscomplexobj(min_fraction):
+            raise TypeError("mode_coverage: min_fraction must be real")
+        thr = np.asarray(min_fraction, dtype=float)
+        if thr.shape not in ((), (K,)):
+            raise ValueError(
+                f"mode_coverage: min_fraction must be a float or an array of shape ({K},) (one per component), "
+                f"got shape {thr.shape}"
+            )
+        thr = np.broadcast_to(thr, (K,))
         if not np.all(np.isfinite(thr)) or (thr < 0).any():
             raise ValueError(f"mode_coverage: min_fraction must be non-negative and finite, got {min_fraction!r}")
     covered = (per >= thr) & (counts >= 1)

@@ -46,6 +46,7 @@ from ._utils import (
     match_tensor,
 )
 from .discrepancy import TERMS, Discrepancy
+from .distances import check_dense_size
 from .kernels import GaussianKernel, Kernel
 
 __all__ = ["MMD", "PermutationTestResult", "mmd2", "mmd2_gradient"]
@@ -130,19 +131,38 @@ def _prepare(kernel, X, Y, weights, memory):
 
 
 def _check_ref_weights(weights, N: int) -> torch.Tensor:
-    w = as_tensor(weights)
+    """Validate reference weights ``(N,)`` and normalise them to sum 1 (float64 tensor).
+
+    Non-negative, finite, not all zero. Normalisation divides by the largest weight first and
+    then by the sum, so huge weights (e.g. ``1e308``, whose sum overflows) are safe.
+    """
+    if isinstance(weights, torch.Tensor) and weights.is_complex() or np.iscomplexobj(weights):
+        raise TypeError("weights must be real, got complex values")
+    w = weights.detach() if isinstance(weights, torch.Tensor) else weights
+    w = as_tensor(w.to(torch.float64) if isinstance(w, torch.Tensor) else w, dtype=torch.float64)
     if w.shape != (N,):
         raise ValueError(f"weights must have shape ({N},) (one per reference), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()):
         raise ValueError("weights contain NaN or inf")
     if bool((w < 0).any()):
         raise ValueError("weights must be non-negative")
+    top = float(w.max())
+    if top <= 0:
+        raise ValueError("weights sum to 0 (all weights are zero)")
+    w = w / top  # in [0, 1]: the sum cannot overflow
     s = float(w.sum())
-    if s <= 0:
-        raise ValueError("weights sum to 0")
-    if abs(s - 1.0) > 1e-6:
-        logger.info("reference weights summed to %.6g; normalising to 1", s)
+    if abs(s * top - 1.0) > 1e-6:
+        logger.info("reference weights summed to %.6g; normalising to 1", s * top)
     return w / s
+
+
+def _check_unbiased_weights(w: torch.Tensor) -> None:
+    r"""The unbiased reference term divides by :math:`1 - \sum_j w_j^2`: it needs weight on >= 2 references."""
+    if float(1.0 - (w.to(torch.float64) ** 2).sum()) <= 1e-12:
+        raise ValueError(
+            "the unbiased estimator needs weight spread over at least 2 references "
+            f"(got {w.numel()} reference(s), effective count {float(1.0 / (w.to(torch.float64) ** 2).sum()):.3g})"
+        )
 
 
 def mmd2(kernel: Kernel, X, Y, *, weights=None, memory=None, estimator: str = "biased"):
@@ -152,6 +172,8 @@ def mmd2(kernel: Kernel, X, Y, *, weights=None, memory=None, estimator: str = "b
     """
     check_option(estimator, ESTIMATORS, name="estimator")
     Xt, Yt, w, M = _prepare(kernel, X, Y, weights, memory)
+    if estimator == "unbiased":
+        _check_unbiased_weights(w)
     Z = Xt if M is None else torch.cat([Xt, M], 0)
     val = _mmd2(kernel, Z, Yt, w, estimator)
     return val if isinstance(X, torch.Tensor) else float(val)
@@ -251,8 +273,8 @@ class MMD(Discrepancy):
             if weights is None
             else _check_ref_weights(weights, N).to(dtype=Y.dtype, device=Y.device)
         )
-        if self.estimator == "unbiased" and float(1.0 - (w * w).sum()) <= 1e-12:
-            raise ValueError("the unbiased estimator needs weight spread over at least 2 references")
+        if self.estimator == "unbiased":
+            _check_unbiased_weights(w)
         self.kernel_ = clone(kernel).fit(Y)
         self.reference_ = Y
         self.weights_ = w
@@ -376,16 +398,31 @@ class MMD(Discrepancy):
         X : array of shape (B, D), B >= 2
         n_permutations : int >= 1
         random_state : int, torch.Generator or None
-        batch_size : int
+        batch_size : int >= 1
             Permutations per batch (memory ``batch_size * (B + N)``).
 
         Returns
         -------
         PermutationTestResult
+
+        Raises
+        ------
+        ValueError
+            Bad ``n_permutations`` / ``batch_size``, or a pooled Gram matrix of more than
+            :data:`mmdguidance.distances.MAX_DENSE_ELEMENTS` entries (subsample first).
+
+        Notes
+        -----
+        ``X`` may require grad: the test is not differentiable and works on a detached copy.
         """
-        if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
-            raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")
-        Xt = self._check_X(X, min_samples=2)
+        for nm, v in (("n_permutations", n_permutations), ("batch_size", batch_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{nm} must be a positive int, got {v!r}")
+        Xt = self._check_X(X, min_samples=2).detach()
+        check_dense_size(
+            Xt.shape[0] + self.reference_.shape[0], Xt.shape[0] + self.reference_.shape[0], func="permutation_test",
+            alternative="subsample the samples and/or the references (e.g. 2,000 of each) and test again",
+        )
         Y, w = self._refs_like(Xt)
         if not torch.allclose(w, torch.full_like(w, 1.0 / w.numel())):
             logger.warning("permutation_test ignores the non-uniform reference weights (exchangeability)")

@@ -81,3 +81,19 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 @parametrize_with_checks([Autoencoder(latent_dim=2, hidden=8, epochs=2)], expected_failed_checks=lambda est: {})
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_constant_data_gives_finite_codes_and_a_warning():
+    """latent_scale_ was 0 and every code NaN."""
+    X = np.ones((20, 5))
+    with pytest.warns(RuntimeWarning, match="no spread"):
+        ae = Autoencoder(latent_dim=2, hidden=8, epochs=2, random_state=0).fit(X)
+    assert ae.latent_scale_ > 0
+    assert np.isfinite(ae.encode(X)).all() and np.isfinite(ae.decode(ae.encode(X))).all()
+
+
+def test_from_state_names_missing_keys():
+    with pytest.raises(ValueError, match="missing"):
+        Autoencoder.from_state({})
+    with pytest.raises(TypeError, match="dict"):
+        Autoencoder.from_state([1, 2])

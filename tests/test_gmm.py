@@ -504,3 +504,47 @@ def test_bad_bandwidth_types(Q2):
         kernel_mean_embedding_grad(np.zeros((1, 2)), Q2, "median")
     with pytest.raises(ValueError, match="chunk_size"):
         mmd2_to_mixture(np.zeros((2, 2)), Q2, 1.0, chunk_size=0)
+
+
+# --------------------------------------------------------------------------- robustness (issues 12, 14)
+def test_mmd2_to_mixture_float32_self_kernel_is_exact():
+    """float32 k(x, x) != 1 in mmd2_to_mixture (-3.7%): its Gram now comes from the shared distance routine."""
+    Q = GaussianMixture(weights=[0.5, 0.5], means=[[1e3, 0.0], [-1e3, 0.0]], covariances=0.01)
+    X = Q.sample(60, random_state=0)
+    sig = 0.05
+    v64 = mmd2_to_mixture(X, Q, sig)
+    v32 = mmd2_to_mixture(torch.as_tensor(X, dtype=torch.float32), Q, sig)
+    v32r = mmd2_to_mixture(torch.as_tensor(X, dtype=torch.float32).double(), Q, sig)  # same rounded points
+    assert v32 == pytest.approx(v32r, rel=1e-6)
+    assert abs(v32 - v64) < 1e-3 * v64
+
+
+def test_ring_constructor():
+    Q = GaussianMixture.ring()
+    assert Q.n_components == 8 and Q.dim == 2
+    a = 2 * np.pi * np.arange(8) / 8
+    np.testing.assert_allclose(Q.means, 4.0 * np.c_[np.cos(a), np.sin(a)], atol=1e-15)
+    np.testing.assert_allclose(Q.covariances, np.broadcast_to(0.0625 * np.eye(2), (8, 2, 2)))
+    np.testing.assert_allclose(Q.weights, np.full(8, 1 / 8))
+    Q5 = GaussianMixture.ring(n_modes=3, radius=2.0, std=0.5, dim=5, weights=[1, 2, 1], phase=np.pi / 2)
+    assert Q5.dim == 5 and np.allclose(Q5.means[:, 2:], 0) and np.allclose(Q5.means[0], [0, 2, 0, 0, 0], atol=1e-15)
+    np.testing.assert_allclose(Q5.weights, [0.25, 0.5, 0.25])
+    for bad in ({"n_modes": 0}, {"dim": 1}, {"radius": -1.0}, {"std": 0.0}, {"phase": np.nan}, {"n_modes": 2.5}):
+        with pytest.raises(ValueError):
+            GaussianMixture.ring(**bad)
+
+
+def test_bandwidth_parsed_by_the_kernel_parser(Q2):
+    from mmdguidance.kernels import GaussianKernel
+
+    k = GaussianKernel(bandwidth=[0.5, 2.0]).fit(np.zeros((3, 2)))
+    assert mmd2_mixtures(Q2, Q2, k) == 0.0
+    assert expected_kernel(Q2, Q2, k) == pytest.approx(expected_kernel(Q2, Q2, [0.5, 2.0]), rel=0)
+    assert expected_kernel(Q2, Q2, np.array(0.5)) == pytest.approx(expected_kernel(Q2, Q2, 0.5), rel=0)
+    with pytest.raises(ValueError, match="flat list"):
+        expected_kernel(Q2, Q2, [[0.5, 2.0]])
+
+
+def test_complex_parameters_rejected():
+    with pytest.raises(TypeError, match="complex"):
+        GaussianMixture(weights=[1.0], means=[[0.0, 1j]], covariances=1.0)

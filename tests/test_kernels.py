@@ -259,3 +259,114 @@ def test_bad_arrays():
         GaussianKernel().fit(np.ones((3, 2)))
     with pytest.raises(TypeError, match="dtype"):
         k.gram(torch.zeros(2, 3, dtype=torch.float32), torch.zeros(2, 3, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- robustness (issue 14)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mmdguidance.kernels import parse_bandwidth  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.sampled_from([1e-3, 1.0, 1e3]), offset=st.sampled_from([0.0, 1e4]),
+       d=st.integers(1, 6))
+def test_median_heuristic_many_duplicates_never_degenerate(seed, scale, offset, d):
+    """40 copies of one point among 50: round-off used to give ~1e-8 bandwidths (27-44% of trials)."""
+    rng = np.random.default_rng(seed)
+    Y = offset + scale * rng.normal(size=(50, d))
+    Y[:40] = Y[0]
+    spread = float(np.sqrt(((Y - Y.mean(0)) ** 2).sum(1).mean()))
+    with pytest.warns(RuntimeWarning, match="pairwise distances are 0"):
+        bw = median_heuristic(Y)
+    assert bw >= 1e-6 * spread
+    # the documented fallback: the (lower) median of the non-zero distances
+    iu = np.triu_indices(50, 1)
+    D = np.sqrt(((Y[:, None] - Y[None]) ** 2).sum(-1))[iu]
+    nz = np.sort(D[D > 0])
+    assert bw == pytest.approx(nz[(len(nz) - 1) // 2], rel=1e-7)
+    # the fitted kernel is not degenerate: k(x, x) = 1 in gram and diag alike
+    with pytest.warns(RuntimeWarning):
+        k = GaussianKernel().fit(Y)
+    assert np.array_equal(np.diag(k.gram(Y)), k.diag(Y))
+
+
+def test_median_heuristic_lower_middle_and_bad_input():
+    Y = np.array([[0.0], [1.0], [3.0], [7.0]])  # distances 1 2 3 4 6 7: lower middle 3 (np.median: 3.5)
+    assert median_heuristic(Y) == 3.0
+    for bad, what in ((np.nan, "NaN"), (np.inf, "inf")):
+        Z = Y.copy()
+        Z[1, 0] = bad
+        with pytest.raises(ValueError, match=what):
+            median_heuristic(Z)
+        with pytest.raises(ValueError, match=what):
+            median_heuristic(torch.as_tensor(Z))
+    with pytest.raises(TypeError, match="complex"):
+        median_heuristic(Y + 1j)
+    near = np.concatenate([np.arange(10.0) * 1e-10, [1.0, 1e3]])[:, None]  # most pairs ~1e-9 apart
+    with pytest.warns(RuntimeWarning, match="degenerate bandwidth"):
+        median_heuristic(near)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [(np.array(1.5), [1.5]), (torch.tensor(2.0), [2.0]), ([1, 2], [1.0, 2.0]), (np.array([0.5, 3.0]), [0.5, 3.0]), (3, [3.0])],
+)
+def test_bandwidth_specs_accepted(spec, expected):
+    Y = np.random.default_rng(0).normal(size=(6, 2))
+    np.testing.assert_array_equal(GaussianKernel(bandwidth=spec).fit(Y).bandwidth_, expected)
+    np.testing.assert_array_equal(parse_bandwidth(spec), expected)
+
+
+def test_bandwidth_specs_rejected_clearly():
+    Y = np.random.default_rng(0).normal(size=(6, 2))
+    with pytest.raises(ValueError, match=r"flat list.*shape \(1, 2\)"):
+        GaussianKernel(bandwidth=[[1, 2]]).fit(Y)
+    with pytest.raises(TypeError, match="complex"):
+        GaussianKernel(bandwidth=np.array([1 + 2j])).fit(Y)
+    with pytest.raises(TypeError, match="bandwidth"):
+        GaussianKernel(bandwidth=True).fit(Y)
+    with pytest.raises(ValueError, match=r"bandwidth must be > 0"):
+        GaussianKernel(bandwidth=np.array(-1.0)).fit(Y)
+    with pytest.raises(ValueError, match="IMQKernel takes one scale"):
+        IMQKernel(scale=[1, 5]).fit(Y)
+    with pytest.raises(TypeError, match="resolved on data"):
+        parse_bandwidth("median")
+
+
+def test_scalar_multiplier_is_one_multiplier():
+    Y = np.random.default_rng(0).normal(size=(6, 2))
+    k = GaussianKernel(bandwidth=1.5, multipliers=2.0).fit(Y)
+    np.testing.assert_array_equal(k.bandwidth_, [3.0])
+
+
+def test_parse_bandwidth_accepts_fitted_gaussian_kernel_by_type():
+    k = GaussianKernel(bandwidth=[1.0, 2.0]).fit(np.zeros((2, 1)))
+    np.testing.assert_array_equal(parse_bandwidth(k), [1.0, 2.0])
+
+    class Impostor:  # the old parser recognised a kernel by its class *name*
+        bandwidth_ = np.array([5.0])
+
+    Impostor.__name__ = "GaussianKernel"
+    with pytest.raises(TypeError):
+        parse_bandwidth(Impostor())
+
+
+@pytest.mark.parametrize("R", [1e3, 1e5])
+def test_imq_gradient_far_points(R):
+    """Two far generated points: the identical-row term of the stacked gradient used to cost eps*(R/c)^3 (8.5% at 1e5)."""
+    from mmdguidance.mmd import MMD
+
+    rng = np.random.default_rng(0)
+    Y = rng.normal(size=(50, 2))
+    X = np.array([[R, 0.3], [-R, 0.1]])
+    beta = -0.5
+
+    def gsum(A, B, w):  # sum_j w_j grad_1 k(a_i, b_j) from exact differences
+        diff = A[:, None] - B[None]
+        d2 = (diff**2).sum(-1)
+        return ((2 * beta * (1 + d2) ** (beta - 1) * w)[..., None] * diff).sum(1)
+
+    ref = (2 / 4) * gsum(X, X, np.ones(2)) - (2 / 2) * gsum(X, Y, np.full(50, 1 / 50))
+    g = MMD(kernel=IMQKernel(scale=1.0)).fit(Y).gradient(X)
+    np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())

@@ -459,3 +459,182 @@ def test_other_bad_input(grid):
         metrics.mode_coverage(X, grid, threshold_sigma=-1.0)
     with pytest.raises(TypeError, match="GaussianMixture"):
         metrics.mode_weight_error(X, None)
+
+
+# --------------------------------------------------------------------------- robustness (issue 14)
+from mmdguidance import distances  # noqa: E402
+
+
+def test_torch_integer_tensors_not_rounded_through_float32():
+    """Values above 2**24 were rounded (torch ints went through float32); numpy int64 was fine."""
+    rng = _rng(30)
+    X = rng.integers(2**25, 2**25 + 40, size=(12, 2))
+    Y = rng.integers(2**25, 2**25 + 40, size=(10, 2))
+    for fn in (metrics.wasserstein2, metrics.energy_distance, metrics.frechet_distance):
+        want = fn(X.astype(np.float64), Y.astype(np.float64))
+        assert fn(torch.as_tensor(X), torch.as_tensor(Y)) == pytest.approx(want, rel=1e-9, abs=1e-9)
+        assert fn(X, Y) == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_wasserstein2_far_from_origin_identical_is_zero():
+    """ot.dist on data offset by 1e6 gave W2 = 0.039 for identical sets."""
+    X = _rng(31).normal(size=(50, 3)) + 1e6
+    assert metrics.wasserstein2(X, X) == 0.0
+    assert metrics.wasserstein2(X, X + np.array([3.0, 0, 0])) == pytest.approx(3.0, rel=1e-9)
+
+
+def test_rrke_identical_is_positive_zero():
+    X = _rng(32).normal(size=(20, 2))
+    v = metrics.rrke(X, X)
+    assert v == 0.0 and math.copysign(1.0, v) == 1.0
+
+
+def test_vendi_large_q_is_finite_and_tends_to_q_inf():
+    X = _rng(33).normal(size=(40, 2))
+    big = metrics.vendi_score(X, kernel=1.0, q=1e5)
+    assert np.isfinite(big)
+    assert big == pytest.approx(metrics.vendi_score(X, kernel=1.0, q=math.inf), rel=1e-3)
+    assert metrics.vendi_score(X, kernel=1.0, q=1e-6) == pytest.approx(
+        metrics.vendi_score(X, kernel=1.0, q=1e-9), rel=1e-4)
+
+
+def test_rke_in_blocks_equals_dense_formula(monkeypatch):
+    X = _rng(34).normal(size=(37, 3))
+    k = GaussianKernel(bandwidth=0.7).fit(X)
+    K = k.gram(X) / 37
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 37 * 5)  # 5 rows per block
+    assert metrics.rke(X, kernel=k) == pytest.approx(1.0 / (K * K).sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call, alt",
+    [(lambda X: metrics.wasserstein2(X, X), "sliced_wasserstein2"), (lambda X: metrics.vendi_score(X), "rke"),
+     (lambda X: metrics.rrke(X, X), "subsample")],
+)
+def test_dense_metrics_check_size_up_front(monkeypatch, call, alt):
+    """At n = 20,000 these needed > 7 GB; now a ValueError states the limit and the alternative."""
+    X = _rng(35).normal(size=(11, 2))
+    monkeypatch.setattr(distances, "MAX_DENSE_ELEMENTS", 100)
+    with pytest.raises(ValueError, match=f"limit of 100 elements.*{alt}"):
+        call(X)
+    call(X[:10])
+
+
+def test_prdc_tied_points_high_dimension_deterministic():
+    """Radii from NearestNeighbors and distances from cdist disagreed on ties (identical sets: 1.85)."""
+    rng = _rng(36)
+    R = rng.normal(size=(40, 16)) + 1e3
+    R = np.concatenate([R, R[:20]])  # duplicates: ties at exactly 0
+    got = metrics.precision_recall_density_coverage(R, R, k=3)
+    want = _prdc_loops(R, R, 3)
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got["precision"] == got["recall"] == got["coverage"] == 1.0
+
+
+def test_mode_coverage_min_fraction_shape_error(grid):
+    X = grid.sample(50, random_state=0)
+    with pytest.raises(ValueError, match=r"min_fraction must be a float or an array of shape \(4,\)"):
+        metrics.mode_coverage(X, grid, min_fraction=[0.1, 0.2])
+    assert metrics.mode_coverage(X, grid, min_fraction=np.full(4, 0.01))["modes_covered"] == 4
+
+
+# --------------------------------------------------------------------------- reference implementations (item 17)
+def _prdc_reference(real, fake, k):
+    """prdc 0.2 (Naeem et al., github.com/clovaai/generative-evaluation-prdc, prdc/prdc.py), re-implemented:
+    radii = k-th smallest nonzero column of np.partition(cdist(real, real), k) (kth = k incl. self),
+    OPEN balls (``<``)."""
+    from scipy.spatial.distance import cdist
+
+    def radii(A):
+        D = cdist(A, A)
+        return np.partition(D, k, axis=-1)[:, k]
+
+    rr, rf = radii(real), radii(fake)
+    D = cdist(real, fake)
+    precision = (D < rr[:, None]).any(axis=0).mean()
+    recall = (D < rf[None, :]).any(axis=1).mean()
+    density = (1.0 / k) * (D < rr[:, None]).sum(axis=0).mean()
+    coverage = (D.min(axis=1) < rr).mean()
+    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+
+
+@pytest.mark.parametrize("seed, d, k", [(0, 2, 5), (1, 8, 3), (2, 64, 5)])
+def test_prdc_matches_prdc_package_formula(seed, d, k):
+    rng = _rng(40 + seed)
+    real, fake = rng.normal(size=(120, d)), rng.normal(size=(90, d)) * 1.2 + 0.2
+    got = metrics.precision_recall_density_coverage(real, fake, k=k)
+    assert got == pytest.approx(_prdc_reference(real, fake, k), rel=1e-12)  # no ties: open = closed
+
+
+def test_wasserstein2_matches_ot_emd2():
+    import ot
+
+    rng = _rng(41)
+    X, Y = rng.normal(size=(60, 3)), rng.normal(size=(45, 3)) * 0.7 + 1.0
+    M = ot.dist(X, Y, metric="sqeuclidean")
+    want = math.sqrt(ot.emd2(np.full(60, 1 / 60), np.full(45, 1 / 45), M))  # POT returns W2 squared
+    assert metrics.wasserstein2(X, Y) == pytest.approx(want, rel=1e-9)
+
+
+def test_sliced_wasserstein2_matches_sorted_quantile_formula():
+    rng = _rng(42)
+    X, Y = rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) + 0.5
+    g = torch.Generator().manual_seed(7)
+    theta = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    theta = (theta / theta.norm(dim=0, keepdim=True)).numpy()  # the projections the metric draws for seed 7
+    px, py = np.sort(X @ theta, axis=0), np.sort(Y @ theta, axis=0)  # equal sizes: W2^2 = mean sq. quantile gap
+    want = math.sqrt(((px - py) ** 2).mean(0).mean())
+    assert metrics.sliced_wasserstein2(X, Y, n_projections=16, random_state=7) == pytest.approx(want, rel=1e-10)
+
+
+def test_energy_distance_matches_dcor_formula():
+    """dcor.energy_distance (V-statistic, exponent 1): 2 E|X-Y| - E|X-X'| - E|Y-Y'| over all pairs."""
+    from scipy.spatial.distance import cdist
+
+    rng = _rng(43)
+    X, Y = rng.normal(size=(30, 5)), rng.normal(size=(25, 5)) + 0.4
+    want = 2 * cdist(X, Y).mean() - cdist(X, X).mean() - cdist(Y, Y).mean()
+    assert metrics.energy_distance(X, Y) == pytest.approx(want, rel=1e-12)
+    x, y = X[:, 0], Y[:, 0]  # 1-D: scipy returns the square root
+    assert metrics.energy_distance(x[:, None], y[:, None]) == pytest.approx(scipy.stats.energy_distance(x, y) ** 2, rel=1e-10)
+
+
+def test_frechet_distance_matches_sqrtm_formula_including_singular():
+    """pytorch-fid's calculate_frechet_distance: |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2)."""
+    rng = _rng(44)
+
+    def fid_reference(X, Y):
+        mu1, mu2 = X.mean(0), Y.mean(0)
+        S1, S2 = np.cov(X, rowvar=False), np.cov(Y, rowvar=False)
+        covmean = scipy.linalg.sqrtm(S1 @ S2).real
+        return float(((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * np.trace(covmean))
+
+    X, Y = rng.normal(size=(200, 6)), rng.normal(size=(150, 6)) * 1.3 + 0.2
+    assert metrics.frechet_distance(X, Y) == pytest.approx(fid_reference(X, Y), rel=1e-8)
+    # singular covariances (n < d): the documented regulariser eps * max(tr) / d * I biases the value
+    Xs, Ys = rng.normal(size=(8, 12)), rng.normal(size=(9, 12)) + 0.1
+    with pytest.warns(RuntimeWarning, match="singular"):
+        got = metrics.frechet_distance(Xs, Ys)
+    assert got == pytest.approx(_bures2(Xs.mean(0), np.cov(Xs, rowvar=False), Ys.mean(0), np.cov(Ys, rowvar=False)), rel=1e-3)
+
+
+def test_vendi_matches_vendi_score_package_formula():
+    """vendi_score.vendi.score_K (Friedman & Dieng): eigenvalues of K/n, exp of the order-q Renyi entropy."""
+    rng = _rng(45)
+    X = rng.normal(size=(40, 3))
+    K = np.exp(-((X[:, None] - X[None]) ** 2).sum(-1) / (2 * 0.8**2))
+    w = np.linalg.eigvalsh(K / 40)
+    w = w[w > 0]
+    for q in (0.5, 1.0, 2.0, 3.0):
+        want = np.exp(-(w * np.log(w)).sum()) if q == 1 else np.exp(np.log((w**q).sum()) / (1 - q))
+        assert metrics.vendi_score(X, kernel=0.8, q=q) == pytest.approx(want, rel=1e-9)
+
+
+def test_rke_rrke_match_rke_paper_formulas():
+    """Jalali, Li & Farnia (NeurIPS 2023) / RKE-score: RKE = 1/||K/n||_F^2; RRKE = -log ||K_XY / sqrt(nm)||_*^2."""
+    rng = _rng(46)
+    X, Y = rng.normal(size=(30, 2)), rng.normal(size=(25, 2)) + 0.3
+    k = lambda A, B: np.exp(-((A[:, None] - B[None]) ** 2).sum(-1) / (2 * 0.9**2))  # noqa: E731
+    assert metrics.rke(X, kernel=0.9) == pytest.approx(1.0 / ((k(X, X) / 30) ** 2).sum(), rel=1e-10)
+    nuc = np.linalg.svd(k(X, Y) / math.sqrt(30 * 25), compute_uv=False).sum()
+    assert metrics.rrke(X, Y, kernel=0.9) == pytest.approx(-math.log(nuc**2), rel=1e-10)

@@ -290,3 +290,77 @@ def test_discrepancy_fast_paths_match_validated_api():
         torch.testing.assert_close(m.grad_tensor(X, references=(Y2, w2)), m2.gradient(X))
     with pytest.raises(ValueError, match="terms"):
         m.check_terms("bogus")
+
+
+# --------------------------------------------------------------------------- robustness (issue 14)
+from mmdguidance import distances  # noqa: E402
+from mmdguidance.kernels import GaussianKernel as _G  # noqa: E402
+from mmdguidance.mmd import mmd2 as _mmd2_fn  # noqa: E402
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e308, 1e-300])
+def test_huge_and_tiny_reference_weights_normalise_safely(scale):
+    """The sum of 1e308 weights overflowed: every weight became 0 (score 0.651 instead of 0.0096)."""
+    rng = np.random.default_rng(0)
+    Y, X = rng.normal(size=(20, 2)), rng.normal(size=(10, 2))
+    w = rng.uniform(0.5, 1.0, size=20)
+    ref = MMD(kernel=_G(bandwidth=1.0)).fit(Y, weights=w / w.sum())
+    big = MMD(kernel=_G(bandwidth=1.0)).fit(Y, weights=w * scale)
+    torch.testing.assert_close(big.weights_, ref.weights_, rtol=1e-14, atol=0)
+    assert big.score(X) == pytest.approx(ref.score(X), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "weights, err, match",
+    [([1.0, -1.0, 1.0], ValueError, "non-negative"), ([1.0, np.nan, 1.0], ValueError, "NaN"),
+     ([0.0, 0.0, 0.0], ValueError, "zero"), ([1 + 1j, 1, 1], TypeError, "complex")],
+)
+def test_bad_reference_weights(weights, err, match):
+    Y = np.random.default_rng(0).normal(size=(3, 2))
+    with pytest.raises(err, match=match):
+        MMD().fit(Y, weights=np.array(weights))
+    k = _G(bandwidth=1.0).fit(Y)
+    with pytest.raises(err, match=match):
+        _mmd2_fn(k, Y, Y, weights=np.array(weights))
+
+
+def test_functional_unbiased_mmd2_needs_two_references():
+    """It returned NaN / -inf without an error while MMD.fit guarded the same case."""
+    rng = np.random.default_rng(0)
+    Y, X = rng.normal(size=(3, 2)), rng.normal(size=(5, 2))
+    k = _G(bandwidth=1.0).fit(Y)
+    with pytest.raises(ValueError, match="at least 2 references"):
+        _mmd2_fn(k, X, Y[:1], estimator="unbiased")
+    with pytest.raises(ValueError, match="at least 2 references"):
+        _mmd2_fn(k, X, Y, weights=np.array([0.0, 1.0, 0.0]), estimator="unbiased")
+    with pytest.raises(ValueError, match="at least 2 references"):
+        MMD(estimator="unbiased").fit(Y, weights=np.array([0.0, 1.0, 0.0]))
+    assert np.isfinite(_mmd2_fn(k, X, Y[:1], estimator="biased"))
+
+
+@pytest.mark.parametrize("bs", [0, -1, 1.5, True, "8", None])
+def test_permutation_test_bad_batch_size(bs):
+    """batch_size=0 never returned; other values gave torch errors."""
+    rng = np.random.default_rng(0)
+    est = MMD().fit(rng.normal(size=(10, 2)))
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        est.permutation_test(rng.normal(size=(8, 2)), n_permutations=5, batch_size=bs)
+
+
+def test_permutation_test_on_requires_grad_tensor():
+    g = torch.Generator().manual_seed(0)
+    Y = torch.randn(12, 2, generator=g)
+    X = (torch.randn(9, 2, generator=g) + 0.5).requires_grad_()
+    est = MMD().fit(Y)
+    res = est.permutation_test(X, n_permutations=20, random_state=0)
+    ref = est.permutation_test(X.detach(), n_permutations=20, random_state=0)
+    assert res.statistic == ref.statistic and res.p_value == ref.p_value
+
+
+def test_permutation_test_checks_the_gram_size_up_front(monkeypatch):
+    rng = np.random.default_rng(0)
+    est = MMD().fit(rng.normal(size=(10, 2)))
+    monkeypatch.setattr(distances, "MAX_DENSE_ELEMENTS", 17 * 17)
+    est.permutation_test(rng.normal(size=(7, 2)), n_permutations=3)  # 17 x 17: fine
+    with pytest.raises(ValueError, match="permutation_test: needs a dense 18 x 18 .*subsample"):
+        est.permutation_test(rng.normal(size=(8, 2)), n_permutations=3)
