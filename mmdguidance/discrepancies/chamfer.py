@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import check_positive
-from ..kernels import pairwise_sq_dists
+from ..distances import sq_dists
 from ._base import ReferenceDiscrepancy, stack_memory
 
 __all__ = ["Chamfer"]
@@ -107,7 +107,7 @@ class Chamfer(ReferenceDiscrepancy):
     def _distances(self, Z, references, memory):
         Y, w = self.references(Z) if references is None else references
         Zall = stack_memory(Z, memory)  # (n, F)
-        D = pairwise_sq_dists(Zall, Y)  # (n, N)
+        D = sq_dists(Zall, Y)  # (n, N)
         Dp = D.masked_fill(w[None, :] <= 0, float("inf"))  # precision ignores zero-weight exemplars
         return Zall, Y, w, D, Dp
 
