@@ -1,1 +1,1 @@
-"""Ratio benchmarks: ``python -m benchmarks [names] [--quick]`` (each module has ``main(argv)``)."""
+"""Timing benchmarks (ratios): ``python -m benchmarks [NAME ...] [--quick]``; see ``benchmarks/__main__.py``."""

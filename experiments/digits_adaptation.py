@@ -30,6 +30,7 @@ import torch
 from mmdguidance import MMDGuidedSampler
 from mmdguidance.baselines import ClassifierGuidedDenoiser, finetune
 from mmdguidance.diffusion import MLPDenoiser, sample
+from mmdguidance.kernels import GaussianKernel
 
 from . import _digits as D
 from ._common import check_config, save_figure, save_json, use_agg
@@ -62,7 +63,8 @@ def _timed(fn):
 
 
 def _mmd_sample(model, refs, n, cfg, seed, scale):
-    s = MMDGuidedSampler(model, scale=scale, sampler="ddpm", num_steps=cfg["num_steps"], diagnostics=False, random_state=seed)
+    s = MMDGuidedSampler(model, scale=scale, sampler="ddpm", num_steps=cfg["num_steps"], diagnostics=False, random_state=seed,
+                         kernel=GaussianKernel(bandwidth="median"), step_rule="batch_normalized")  # settings of the committed run
     return s.fit(refs).sample(n)
 
 

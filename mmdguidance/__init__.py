@@ -5,41 +5,47 @@ The headline call::
     from mmdguidance import MMDGuidedSampler
     samples = MMDGuidedSampler(model).fit(refs).sample(n)
 
-Public names only; heavy optional parts (the diffusers adapter) are imported from
-their own modules (``mmdguidance.adapters.diffusers``).
+Public names only. Every name is imported lazily on first access (PEP 562), so that
+``import mmdguidance`` and ``mmdguidance --help`` do not import torch; heavy optional parts
+(the diffusers adapter) live in their own modules (``mmdguidance.adapters.diffusers``).
 """
 
-from .kernels import ConstantKernel, GaussianKernel, IMQKernel, Kernel, PolynomialKernel, ProductKernel, median_heuristic
-from .mmd import MMD, PermutationTestResult, mmd2, mmd2_gradient
+from __future__ import annotations
 
+import importlib
+
+#: the package version, written only here (pyproject.toml reads it: ``dynamic = ["version"]``)
 __version__ = "0.1.0"
 
-__all__ = [
-    "Kernel",
-    "GaussianKernel",
-    "PolynomialKernel",
-    "IMQKernel",
-    "ConstantKernel",
-    "ProductKernel",
-    "median_heuristic",
-    "MMD",
-    "PermutationTestResult",
-    "mmd2",
-    "mmd2_gradient",
-    "MMDGuidance",
-    "MMDGuidedSampler",
-    "GaussianMixture",
-    "__version__",
-]
+#: public name -> submodule that defines it (imported on first access)
+_LAZY = {
+    "Kernel": "kernels",
+    "GaussianKernel": "kernels",
+    "PolynomialKernel": "kernels",
+    "IMQKernel": "kernels",
+    "ConstantKernel": "kernels",
+    "ProductKernel": "kernels",
+    "median_heuristic": "kernels",
+    "MMD": "mmd",
+    "PermutationTestResult": "mmd",
+    "mmd2": "mmd",
+    "mmd2_gradient": "mmd",
+    "MMDGuidance": "guidance",
+    "MMDGuidedSampler": "sampler",
+    "GaussianMixture": "gmm",
+}
+
+__all__ = [*_LAZY, "__version__"]
 
 
-def __getattr__(name):  # lazy: guidance pulls in the diffusion package, gmm scipy
-    if name in ("MMDGuidance", "MMDGuidedSampler"):
-        from . import guidance
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmdguidance' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
 
-        return getattr(guidance, name)
-    if name == "GaussianMixture":
-        from .gmm import GaussianMixture
 
-        return GaussianMixture
-    raise AttributeError(f"module 'mmdguidance' has no attribute {name!r}")
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -34,6 +34,9 @@ class GuidedEstimatorBase:
     :data:`~mmdguidance.guidance_params.PARAMS` under those names (optionally ``discrepancy``).
     """
 
+    #: bandwidth rule of the default Gaussian kernel (``kernel=None``)
+    _default_bandwidth = "median"
+
     _heavy_param = "model"
 
     def __sklearn_clone__(self):
@@ -60,12 +63,13 @@ class GuidedEstimatorBase:
 
         ``discrepancy`` (a clone of it) when set, else :class:`~mmdguidance.mmd.MMD` with the kernel; with
         prompts the kernel is ``kernel`` if it already is a :class:`ProductKernel`, else
-        ``ProductKernel(first=kernel or GaussianKernel(), second=prompt_kernel, split=D)``. Sets ``prompt_dim_``.
+        ``ProductKernel(first=kernel, second=prompt_kernel, split=D)``; ``kernel=None`` means
+        ``GaussianKernel(bandwidth=self._default_bandwidth)``. Sets ``prompt_dim_``.
         """
-        kernel, feats = self.kernel, X
+        kernel, feats = (GaussianKernel(bandwidth=self._default_bandwidth) if self.kernel is None else self.kernel), X
         if C is not None:
             if not isinstance(kernel, ProductKernel):
-                kernel = ProductKernel(first=GaussianKernel() if kernel is None else kernel, second=self.prompt_kernel,
+                kernel = ProductKernel(first=kernel, second=self.prompt_kernel,
                                        split=X.shape[1])
             feats = torch.cat([X, C], 1)  # (N, D + Dc)
         self.prompt_dim_ = 0 if C is None else int(C.shape[1])

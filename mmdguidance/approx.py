@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._utils import check_array_2d, check_random_state_torch
 from .discrepancy import TERMS, Discrepancy
 from .guidance_params import check_bool
-from .kernels import GaussianKernel, Kernel, _resolve_bandwidth
+from .kernels import GaussianKernel, Kernel, parse_bandwidth
 from .mmd import _check_ref_weights
 
 __all__ = ["RFFMMD", "NystromMMD"]
@@ -156,7 +156,7 @@ class RFFMMD(_FeatureMMD):
         if isinstance(self.n_features, bool) or not isinstance(self.n_features, numbers.Integral) or self.n_features < 1:
             raise ValueError(f"n_features must be a positive int, got {self.n_features!r}")
         Y, w = self._fit_refs(X, weights)
-        bw = _resolve_bandwidth(self.bandwidth, None, Y)
+        bw = parse_bandwidth(self.bandwidth, Y=Y)
         if bw.size != 1:
             raise ValueError("RFFMMD supports a single bandwidth (use one estimator per scale)")
         self.bandwidth_ = float(bw[0])

@@ -91,8 +91,7 @@ def _ring_problem():
     from .diffusion import GMMDenoiser
     from .gmm import GaussianMixture
 
-    a = 2 * np.pi * np.arange(8) / 8
-    base = GaussianMixture(weights=np.full(8, 1 / 8), means=4 * np.c_[np.cos(a), np.sin(a)], covariances=np.full(8, 0.0625))
+    base = GaussianMixture.ring(n_modes=8, radius=4.0, std=0.25)
     refs = base.subset([0, 1, 2]).sample(50, random_state=1)
     return GMMDenoiser(mixture=base), refs
 

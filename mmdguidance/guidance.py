@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from sklearn.utils.validation import check_is_fitted
 
 from ._utils import check_int as _check_int
 from ._utils import logger
+from .bandwidth import negligible_share
 from .diffusion.denoisers import eps_to_x0, x0_to_eps
 from .discrepancy import Discrepancy
 from .guidance_params import EVALUATE_ON, SCHEDULES, check_bool, validate_guidance_params
@@ -96,6 +97,10 @@ def schedule_factor(schedule, progress_frac: float) -> float:
     raise ValueError(f"unknown schedule={schedule!r}; expected one of {SCHEDULES} or a callable")
 
 
+#: a cross term below this fraction of the self term counts as negligible
+CROSS_NEGLIGIBLE = 0.01
+
+
 @dataclass
 class _Stats:
     updates: int = 0
@@ -103,6 +108,7 @@ class _Stats:
     overflow: int = 0
     nonfinite: int = 0
     reverted: int = 0
+    cross_checks: list = field(default_factory=list)  # share of samples with a negligible cross term, per check
 
 
 def _scalar(t):
@@ -162,7 +168,7 @@ class MMDGuidance:
         One entry per guided (or skipped) step; read and clear it with :meth:`take_history`.
     """
 
-    def __init__(self, *, mmd, scale=0.2, step_rule="batch_normalized", schedule="decreasing", window=(0.0, 0.8),
+    def __init__(self, *, mmd, scale=0.1, step_rule="normalized", schedule="decreasing", window=(0.0, 0.8),
                  every=1, terms="full", evaluate_on="xt", inner_steps=1, max_update_ratio=1.0, record=True):
         if not isinstance(mmd, Discrepancy):
             raise TypeError(f"mmd must be a fitted mmdguidance Discrepancy (MMD, RFFMMD, NystromMMD), got {type(mmd).__name__}")
@@ -223,6 +229,17 @@ class MMDGuidance:
             logger.warning(msg)
         elif s.clipped:
             logger.info("MMD guidance clipped %d of %d updates", s.clipped, s.updates)
+        if s.cross_checks and sum(s.cross_checks) / len(s.cross_checks) > 0.5:
+            bw = getattr(getattr(self.mmd, "kernel_", None), "bandwidth_", None)
+            msg = (
+                f"MMD guidance: for {100 * sum(s.cross_checks) / len(s.cross_checks):.0f}% of the samples the attraction "
+                f"to the references (cross term) was negligible next to the repulsion between samples (self term): "
+                f"the kernel{'' if bw is None else f' bandwidth {list(map(float, bw))}'} is too small for the distance "
+                "between the samples and the references, so guidance mostly spreads the samples apart. Use a larger or "
+                "multi-scale bandwidth (the default GaussianKernel(bandwidth='span')) or evaluate_on='x0'"
+            )
+            warnings.warn(msg, GuidanceWarning, stacklevel=3)
+            logger.warning(msg)
 
     # ------------------------------------------------------------------ shared pieces
     def _check_inputs(self, x, prompts, memory):
@@ -269,9 +286,22 @@ class MMDGuidance:
         return (noisy(Y), w), (None if memory is None else noisy(memory))
 
     def _grad(self, feats, prompts, refs, memory):
-        """:math:`\\nabla_{f_i}\\mathcal D` for the sample columns, ``(B, D)``."""
+        """:math:`\\nabla_{f_i}\\mathcal D` for the sample columns, ``(B, D)``.
+
+        A full gradient of a discrepancy with a cross/self split is computed as its two terms (the same
+        kernel work as one stacked pass), and the share of samples whose cross (attraction) term is below
+        :data:`CROSS_NEGLIGIBLE` times their self (repulsion) term is recorded
+        (:func:`~mmdguidance.bandwidth.negligible_share`); :meth:`warn_if_guarded` warns when that share is
+        above one half on average over the guided steps: the kernel cannot see the references.
+        """
         Z = feats if prompts is None else torch.cat([feats, prompts.to(feats)], 1)  # (B, D [+ Dc])
-        return self.mmd.grad_tensor(Z, references=refs, memory=memory, terms=self.terms)[:, : feats.shape[1]]
+        D = feats.shape[1]
+        if self.terms != "full" or not {"cross", "self"} <= set(self.mmd.supported_terms):
+            return self.mmd.grad_tensor(Z, references=refs, memory=memory, terms=self.terms)[:, :D]
+        cross = self.mmd.grad_tensor(Z, references=refs, memory=memory, terms="cross")[:, :D]  # (B, D)
+        self_ = self.mmd.grad_tensor(Z, references=refs, memory=memory, terms="self")[:, :D]  # (B, D)
+        self._stats.cross_checks.append(negligible_share(cross, self_, CROSS_NEGLIGIBLE))
+        return cross + self_
 
     def _move(self, x, g, lam):
         """Guarded ``x + step_rule(x, g, lam)`` with the counters updated; returns ``(x_new, info)``."""

@@ -157,6 +157,10 @@ def _positive_values(spec, *, name: str) -> np.ndarray:
     return np.array([check_positive(v.item() if hasattr(v, "item") else v, name=name) for v in arr])
 
 
+#: data-driven bandwidth rules a GaussianKernel resolves at fit
+BANDWIDTH_RULES = ("median", "span")
+
+
 def parse_bandwidth(bandwidth, *, multipliers=None, Y=None, name: str = "bandwidth") -> np.ndarray:
     r"""Resolve a bandwidth specification to a 1-D float64 array of :math:`\sigma_s > 0`.
 
@@ -164,9 +168,10 @@ def parse_bandwidth(bandwidth, *, multipliers=None, Y=None, name: str = "bandwid
 
     Parameters
     ----------
-    bandwidth : float, 'median', list/array/tensor of floats, or a fitted GaussianKernel
+    bandwidth : float, 'median', 'span', list/array/tensor of floats, or a fitted GaussianKernel
         A 0-d array counts as a float; a fitted :class:`GaussianKernel` gives its ``bandwidth_``;
-        ``'median'`` needs ``Y`` (:func:`median_heuristic`).
+        ``'median'`` (:func:`median_heuristic`) and ``'span'`` (the multi-scale ladder
+        :func:`mmdguidance.bandwidth.span_bandwidths`) need ``Y``.
     multipliers : float or sequence of float, optional
         Every resolved value is multiplied by each multiplier (``(S,) x (M,) -> (S*M,)``).
     Y : tensor of shape (n, d), optional
@@ -185,11 +190,18 @@ def parse_bandwidth(bandwidth, *, multipliers=None, Y=None, name: str = "bandwid
         check_is_fitted(bandwidth)
         base = np.asarray(bandwidth.bandwidth_, dtype=np.float64)
     elif isinstance(bandwidth, str):
-        if bandwidth != "median":
-            raise ValueError(f"unknown {name}={bandwidth!r}; expected a positive float, 'median' or a list of floats")
+        if bandwidth not in BANDWIDTH_RULES:
+            raise ValueError(f"unknown {name}={bandwidth!r}; expected a positive float, one of {BANDWIDTH_RULES} "
+                             "or a list of floats")
         if Y is None:
-            raise TypeError(f"{name}='median' must be resolved on data first (mmdguidance.kernels.median_heuristic)")
-        base = np.array([median_heuristic(Y)])
+            raise TypeError(f"{name}={bandwidth!r} must be resolved on data first (mmdguidance.kernels.median_heuristic, "
+                            "mmdguidance.bandwidth.span_bandwidths)")
+        if bandwidth == "median":
+            base = np.array([median_heuristic(Y)])
+        else:
+            from .bandwidth import span_bandwidths  # it builds on this module's distances
+
+            base = np.asarray(span_bandwidths(Y), dtype=np.float64)
     else:
         base = _positive_values(bandwidth, name=name)
     if multipliers is not None:
@@ -364,9 +376,11 @@ class GaussianKernel(Kernel):
 
     Parameters
     ----------
-    bandwidth : float, 'median' or list of float, default='median'
+    bandwidth : float, 'median', 'span' or list of float, default='median'
         :math:`\sigma`. ``'median'`` is the median pairwise distance of the fit
-        data (see :func:`median_heuristic`); a list gives a multi-scale *sum*.
+        data (see :func:`median_heuristic`); ``'span'`` a geometric ladder of scales from the 10% quantile to
+        the largest non-zero distance of the fit data (:func:`mmdguidance.bandwidth.span_bandwidths`, the
+        guided samplers' default); a list gives a multi-scale *sum*.
     multipliers : sequence of float, optional
         Multiply the resolved bandwidth(s), e.g. ``bandwidth='median',
         multipliers=(0.5, 1, 2)`` for a median-relative multi-scale kernel.

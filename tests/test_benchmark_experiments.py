@@ -67,7 +67,6 @@ def test_bench_sweeps_fast(tmp_path):
     none_level = 0.15  # unguided exact MMD^2 on the subset scenario is ~0.19 (see test_bench_scenarios_fast)
     for name, by_key in kernels.items():
         best = by_key["subset"]["best"]
-        assert best["scale"] in (0.1, 0.2)
         assert best["summary"]["exact_mmd2"][0] < none_level, name
     assert "| kernel |" in data["table_md"]
 
@@ -131,3 +130,103 @@ def test_target_draws_follow_the_scenario_dimension():
 
     for d in (2, 8, 2):  # ids of collected scenario objects may be reused: the cache must not mix dimensions
         assert target_draws(scenarios(d)[1]["subset"], 30).shape == (30, d)
+
+
+# --------------------------------------------------------------------------- issue 13: defaults, floor, held-out
+@pytest.mark.slow
+def test_bench_defaults_fast(tmp_path):
+    data = _run("bench_defaults", tmp_path)
+    rk = data["ranking"]
+    # the failure case: the median heuristic lands on the within-mode scale, most base samples get no cross term ...
+    for key in ("dev_ring8_two", "dev_ring8_dup"):
+        assert data["cross_term_ratio"][key]["median"] > 0.5
+        assert data["cross_term_ratio"][key]["span"] == 0.0
+    # ... and the span ladder with the per-sample step does far better than the old default at its best scale
+    best = {c: min(rk[f"{c} @ {s}"]["score"] for s in data["scales"]) for c in data["candidates"]}
+    assert best["span/sample"] < 0.7 * best["median/batch"]
+    assert not data["winner"].startswith("median/batch")
+
+
+@pytest.mark.slow
+def test_bench_tune_baselines_fast(tmp_path):
+    data = _run("bench_tune_baselines", tmp_path)
+    assert set(data["chosen"]) == {"classifier", "doob_matching"}
+    for kind, grid in data["grids"].items():
+        assert data["chosen"][kind]["scale"] in grid
+
+
+@pytest.mark.slow
+def test_bench_heldout_fast(tmp_path):
+    data = _run("bench_heldout", tmp_path)
+    s = data["results"]["ho_grid9"]["summary"]
+    # fast config: 20 DDPM steps give the scale-0.1 default a fifth of the benchmark's total push
+    assert s["mmd"]["exact_mmd2"][0] < 0.7 * s["none"]["exact_mmd2"][0]
+    lo, hi = data["results"]["ho_grid9"]["minus_mmd"]["none"]["mode_weight_tv"][1:]
+    assert lo <= hi
+    assert data["floors"]["ho_grid9"] > 0
+
+
+@pytest.mark.slow
+def test_bench_oracle_floor_fast(tmp_path):
+    data = _run("bench_oracle_floor", tmp_path)
+    assert data["chosen"] in data["results"]
+    for by_key in data["results"].values():
+        for r in by_key.values():
+            assert r["ratio"] == pytest.approx(r["mean_mmd2"] / r["floor"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 13, item 4): at the benchmark's DDPM-100 the oracle is ~2.6x the "
+                   "i.i.d. floor in 2-D; the benchmark could not afford the settings that reach it on this machine")
+@pytest.mark.parametrize("key", ["dev_ring8_two", "ho_grid9"])
+def test_oracle_sits_at_the_iid_floor_at_the_benchmark_settings(key):
+    # the benchmark's sampler (ancestral DDPM, 100 steps): the exact Doob oracle's exact MMD^2 (n = 2000) must be at
+    # the i.i.d. floor (1 - E_QQ k)/n within noise; 3 seeds, band 1.5x (the sampler bias at 50 steps gives ~3x)
+    from experiments._protocol import dev_scenarios, evaluate, held_out_scenarios, iid_floor, references, sample_method
+    from experiments.bench_defaults import SAMPLING
+
+    sc = {**dev_scenarios(), **held_out_scenarios()}[key]
+    vals = [evaluate(sample_method("oracle", sc, references(sc, s), s, sampling=SAMPLING, n=2000), sc, full=False)
+            ["exact_mmd2"] for s in (0, 1, 2)]
+    assert np.mean(vals) <= 1.5 * iid_floor(sc, 2000)
+
+
+@pytest.mark.slow
+def test_chosen_default_fixes_the_two_mode_ring_failure():
+    # issue 13, item 1, at the dev-sweep settings (n = 300, DDPM 100, seed 0): the old default (median bandwidth,
+    # batch-normalised step, scale 0.2) ends above no guidance; the chosen span ladder + per-sample step is far below
+    from experiments._protocol import dev_scenarios, evaluate, references, sample_method
+    from experiments.bench_defaults import SAMPLING, mmd_kwargs
+
+    sc = dev_scenarios()["dev_ring8_two"]
+    refs = references(sc, 0)
+
+    def mmd2(method, mmd=None):
+        return evaluate(sample_method(method, sc, refs, 0, sampling=SAMPLING, n=300, mmd=mmd), sc, full=False)["exact_mmd2"]
+
+    none = mmd2("none")
+    assert mmd2("mmd", mmd_kwargs("median/batch", 0.2, refs)) > 0.8 * none
+    assert mmd2("mmd", mmd_kwargs("span/sample", 0.1, refs)) < 0.1 * none
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["dev_ring8_two", "ho_grid9"])
+def test_oracle_sits_at_the_iid_floor_with_heun_50(key):
+    # the setting bench_oracle_floor chose (Heun, 50 steps = 99 model evaluations, the cost of DDPM-100): the exact
+    # Doob oracle's exact MMD^2 (n = 2000, 3 seeds) is within 1.5x of the i.i.d. floor (1 - E_QQ k)/n
+    from experiments._protocol import dev_scenarios, evaluate, held_out_scenarios, iid_floor, references, sample_method
+
+    sc = {**dev_scenarios(), **held_out_scenarios()}[key]
+    vals = [evaluate(sample_method("oracle", sc, references(sc, s), s, sampling=dict(sampler="heun", num_steps=50),
+                                   n=2000), sc, full=False)["exact_mmd2"] for s in (0, 1, 2)]
+    assert np.mean(vals) <= 1.5 * iid_floor(sc, 2000)
+
+
+@pytest.mark.slow
+def test_bench_eval_point_fast(tmp_path):
+    data = _run("bench_eval_point", tmp_path)
+    assert set(data["best"]) == {"xt", "x0", "x0_jacobian", "noised_refs"}
+    for by_key in data["best"].values():
+        for b in by_key.values():
+            assert b["scale"] in data["scales"] and b["ratio"] > 0
+    assert "| evaluation point |" in data["table_md"]

@@ -20,6 +20,7 @@ def adaptation(tmp_path_factory):
     return data
 
 
+@pytest.mark.slow
 def test_mmd_guidance_moves_the_label_histogram_and_keeps_precision(adaptation):
     s = adaptation["summary"]["class"]["25"]
     none, pix, lat0, lat = s["none"], s["mmd_pixel"], s["none_latent"], s["mmd_latent"]
@@ -36,6 +37,7 @@ def test_mmd_guidance_moves_the_label_histogram_and_keeps_precision(adaptation):
     assert 0 < c["latent_over_pixel_guided"] < np.inf and c["pixel_guided_over_unguided"] > 0
 
 
+@pytest.mark.slow
 def test_baselines_are_the_projects(adaptation):
     assert digits_adaptation.ClassifierGuidedDenoiser is baselines.ClassifierGuidedDenoiser
     assert digits_adaptation.finetune is baselines.finetune
@@ -45,6 +47,7 @@ def test_baselines_are_the_projects(adaptation):
     assert len(hist) == 10 and abs(sum(hist) - 1) < 1e-9
 
 
+@pytest.mark.slow
 def test_mmd_ddm_experiment_fast(tmp_path):
     data = load("digits_mmd_ddm").run(config="fast", out_dir=tmp_path, random_state=0)
     assert (tmp_path / "digits_mmd_ddm.png").stat().st_size > 0

@@ -146,8 +146,8 @@ def test_guided_beats_unguided_on_ring(setup):
     base, target, refs, model = setup
     n = 400
     xT = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    unguided = run_sampler(model, xT.clone(), sampler="ddpm", num_steps=50, generator=0).numpy()
-    guided = MMDGuidedSampler(model, num_steps=50, random_state=0).fit(refs).sample(n, x_T=xT.numpy())  # defaults
+    unguided = run_sampler(model, xT.clone(), sampler="ddpm", num_steps=100, generator=0).numpy()
+    guided = MMDGuidedSampler(model, random_state=0).fit(refs).sample(n, x_T=xT.numpy())  # defaults (100 ddpm steps)
     m_u, m_g = mmd2_to_mixture(unguided, target, 1.0), mmd2_to_mixture(guided, target, 1.0)
     assert m_u / m_g >= 5.0
     d = np.linalg.norm(guided[:, None] - base.means[None, [0, 1, 2]], axis=-1).min(1)
@@ -299,7 +299,8 @@ def _spy_x0(sampler_est):
     orig_grad = disc.grad_tensor
 
     def grad_spy(Z, **kw):
-        calls.append((current["x"].clone(), current["t"], Z.detach().clone()))
+        if kw.get("terms") != "self":  # the full gradient is evaluated as its cross + self terms: one record per step
+            calls.append((current["x"].clone(), current["t"], Z.detach().clone()))
         return orig_grad(Z, **kw)
 
     disc.grad_tensor = grad_spy
@@ -316,12 +317,12 @@ def _spy_x0(sampler_est):
 def test_x0_is_the_exact_posterior_mean_at_the_guided_point(setup, sampler, eta, monkeypatch):
     """The x0 the discrepancy receives equals E[x0 | x_t] (GMMDenoiser.predict_x0) at that very x_t."""
     base, target, refs, model = setup
-    s = MMDGuidedSampler(model, evaluate_on="x0", sampler=sampler, eta=eta, scale=0.2, random_state=0).fit(refs)  # 50 steps
+    s = MMDGuidedSampler(model, evaluate_on="x0", sampler=sampler, eta=eta, scale=0.2, random_state=0).fit(refs)  # 100 steps
     calls, guide_spy = _spy_x0(s)
     monkeypatch.setattr(MMDGuidance, "guide_eps", guide_spy)
     s.sample(64)
-    assert len(calls) == 40  # window (0, 0.8) of 50 steps
-    for k in (0, 20, 39):  # first, middle and last guided steps
+    assert len(calls) == 80  # window (0, 0.8) of the default 100 steps
+    for k in (0, 40, 79):  # first, middle and last guided steps
         x, t, z = calls[k]
         exact = model.predict_x0(x, t)
         torch.testing.assert_close(z, exact, rtol=0, atol=1e-6)

@@ -60,6 +60,7 @@ def test_rkhs_mean_bound_is_the_exact_second_moment():
     assert abs(vals.mean() - exact) <= 3 * vals.std(ddof=1) / np.sqrt(len(vals))
 
 
+@pytest.mark.slow
 def test_theorem1_pointwise_rate(tmp_path):
     data = theory_concentration.run(config="fast", out_dir=tmp_path, random_state=0)
     s = data["summary"]
@@ -69,6 +70,7 @@ def test_theorem1_pointwise_rate(tmp_path):
     assert (tmp_path / "theory_concentration.png").exists()
 
 
+@pytest.mark.slow
 def test_theorem2_uniform_rate_and_dimension(tmp_path):
     data = theory_uniform.run(config="fast", out_dir=tmp_path, random_state=0)
     s = data["summary"]
@@ -76,15 +78,14 @@ def test_theorem2_uniform_rate_and_dimension(tmp_path):
         assert -0.6 <= slope <= -0.4
     # the ascent/grid value never exceeds the certified RKHS upper bound (checks the ascent and the oracle)
     assert s["lower_le_upper_every_set"]
-    # no faster growth in d than the eps-net rate sqrt(d): fitted exponent <= 1/2 + 0.15 (tolerance for the noise of
-    # 5 reference sets per point). The honest check is on the certified *upper* bound (a lower bound cannot bound
-    # growth from above); the ascent lower bound is checked too.
-    assert max(s["upper_bound_exponent_in_d_per_N"].values()) <= 0.5 + 0.15
-    assert s["exponent_in_d_median"] <= 0.5 + 0.15
+    # The d-exponent of the certified upper bound is not asserted: that bound is sqrt(MMD^2(refs, Q)) / sigma, bounded
+    # by a dimension-free constant by construction, so a test on it could not fail (issue 13, item 7). The exponent
+    # is reported in the JSON only.
     for slope in s["upper_bound_slope_in_N_per_d"].values():
         assert -0.6 <= slope <= -0.4
 
 
+@pytest.mark.slow
 def test_estimators_and_descent(tmp_path):
     data = theory_estimators.run(config="fast", out_dir=tmp_path, random_state=0)
     s = data["summary"]

@@ -15,7 +15,7 @@ import torch
 
 from mmdguidance.diffusion import GMMDenoiser, MLPDenoiser
 from mmdguidance.gmm import GaussianMixture
-from mmdguidance.guidance import MMDGuidedSampler
+from mmdguidance.sampler import MMDGuidedSampler
 
 
 def _ring(d=2, k=8):

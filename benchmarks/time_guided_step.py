@@ -9,7 +9,7 @@ import torch
 
 from mmdguidance.diffusion import MLPDenoiser
 from mmdguidance.diffusion.samplers import sample as run_sampler
-from mmdguidance.guidance import MMDGuidedSampler
+from mmdguidance.sampler import MMDGuidedSampler
 
 from ._common import median_time
 

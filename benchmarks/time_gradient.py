@@ -11,7 +11,6 @@ are allocated, and the peak minus the resident size before the call counts the g
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 
@@ -19,10 +18,9 @@ import torch
 from mmdguidance.kernels import GaussianKernel
 from mmdguidance.mmd import MMD
 
-DIMS = (2, 64, 1024, 16384, 65536)
-
-
 from ._common import median_time as _time
+
+DIMS = (2, 64, 1024, 16384, 65536)
 
 
 def gradient_vs_autograd(B=256, N=256, dims=DIMS, dtype=torch.float32, min_run_time=0.5, seed=0):
@@ -86,7 +84,6 @@ def chunked_memory(D=64, N=4096, Bs=(1024, 4096, 16384), chunk=256):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings")
-    p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     dims = (2, 64, 1024) if a.quick else DIMS
     rows = gradient_vs_autograd(dims=dims, min_run_time=0.2 if a.quick else 0.6)
@@ -102,10 +99,7 @@ def main(argv=None):
     for r in mem:
         print(f"| {r['B']} | {r['B*N']:.3g} | {r['chunked_MiB']:.1f} | {r['one_block_MiB']:.1f} | "
               f"{r['one_block_MiB'] / max(r['chunked_MiB'], 1e-3):.1f}x |")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"gradient": rows, "memory": mem}, f, indent=2)
-    return rows, mem
+    return {"gradient": rows, "memory": mem}
 
 
 if __name__ == "__main__":
