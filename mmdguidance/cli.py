@@ -107,9 +107,9 @@ def _add_demo(sub) -> None:
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     d.add_argument("--n", type=_int_at_least(1), default=500, help="number of generated samples (default: 500)")
     d.add_argument("--refs", type=_int_at_least(2), default=50, help="number of reference samples, >= 2 (default: 50)")
-    d.add_argument("--scale", type=_nonnegative_float, default=0.2,
-                   help="guidance scale, >= 0; 0 = unguided (default: 0.2)")
-    d.add_argument("--steps", type=_int_at_least(1), default=50, help="ancestral DDPM steps (default: 50)")
+    d.add_argument("--scale", type=_nonnegative_float, default=0.1,
+                   help="guidance scale, >= 0; 0 = unguided (default: 0.1, the library default)")
+    d.add_argument("--steps", type=_int_at_least(1), default=100, help="ancestral DDPM steps (default: 100, the library default)")
     d.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed, >= 0 (default: 0)")
 
 

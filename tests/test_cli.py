@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def default_demo(tmp_path_factory):
-    """The demo exactly as `mmdguidance demo` / the README run it (defaults: n=500, N=50, 50 steps, seed 0)."""
+    """The demo exactly as `mmdguidance demo` / the README run it (defaults: n=500, N=50, 100 steps, seed 0)."""
     out = tmp_path_factory.mktemp("demo")
     return out, run_demo(out)
 

@@ -529,3 +529,26 @@ def test_guarded_update_is_finite_capped_and_descends(x, g, lam, rule, ratio):
     cap = ratio * torch.clamp(xt.norm(dim=1), min=math.sqrt(3))
     assert (d.norm(dim=1) <= cap * (1 + 1e-9) + 1e-300).all()
     assert ((d * gs).sum(1) <= 1e-9 * d.norm(dim=1) * gs.norm(dim=1) + 1e-300).all()
+
+
+def test_warns_when_the_cross_term_vanishes_and_names_the_bandwidth():
+    """Issue 13's failure case: references from two ring modes, most pairs within one mode. The median
+    bandwidth is the within-mode scale, so for most samples the attraction is negligible next to the
+    repulsion: a GuidanceWarning names the bandwidth. The default span ladder does not warn."""
+    import warnings as _w
+
+    from mmdguidance.gmm import GaussianMixture
+    from mmdguidance.guidance import GuidanceWarning
+
+    base = GaussianMixture.ring(n_modes=8, radius=4.0, std=0.25)
+    model = GMMDenoiser(mixture=base)
+    rng = np.random.default_rng(0)
+    refs = np.concatenate([base.means[0] + 0.25 * rng.standard_normal((40, 2)),
+                           base.means[3] + 0.25 * rng.standard_normal((10, 2))])
+    median = MMDGuidedSampler(model, kernel=GaussianKernel(bandwidth="median"), num_steps=30, random_state=0).fit(refs)
+    with pytest.warns(GuidanceWarning, match=r"cross term.*bandwidth \[") as rec:
+        median.sample(200)
+    assert any(f"{float(median.mmd_.kernel_.bandwidth_[0]):.3g}"[:4] in str(r.message) for r in rec)
+    with _w.catch_warnings():
+        _w.simplefilter("error", GuidanceWarning)
+        MMDGuidedSampler(model, num_steps=30, random_state=0).fit(refs).sample(200)  # default span kernel
