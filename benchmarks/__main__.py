@@ -1,6 +1,6 @@
 """``python -m benchmarks [NAME ...] [--quick] [--out DIR]``: run the timing benchmarks, write one JSON each.
 
-Benchmarks are the modules ``benchmarks/time_*.py`` (CPU ratio benchmarks) and ``benchmarks/bench_diffusers.py``
+Benchmarks are the modules ``benchmarks/time_*.py``: CPU ratio benchmarks and ``time_diffusers.py``
 (the diffusers adapter; needs the diffusers extra); each has ``main(argv) -> JSON-able result``. The result is
 written to ``<out>/<name>[_quick].json`` together with the machine and thread settings it was measured under.
 """
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FOUND = sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith(("time_", "bench_")))
+FOUND = sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("time_"))
 
 
 def machine() -> dict:

@@ -58,10 +58,10 @@ g = torch.Generator().manual_seed(0)
 X = torch.randn(B, D, generator=g); Y = torch.randn(N, D, generator=g)
 k = GaussianKernel(bandwidth=1.0, chunk_size=chunk if chunk > 0 else None).fit(Y)
 W = torch.full((N,), 1.0 / N)
-k._grad(X[:2], Y, W)  # warm-up (allocator, threads)
+k.grad_tensor(X[:2], Y, W)  # warm-up (allocator, threads)
 before = status("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-out = k._grad(X, Y, W)
+out = k.grad_tensor(X, Y, W)
 print(status("VmHWM:") - before)
 """
 

@@ -90,7 +90,7 @@ def descent(d, n, etas, bw, rng):
     Xt = torch.tensor(X, requires_grad=True)
     kk = GaussianKernel(bandwidth=bw).fit(X)
     # exact objective up to its X-independent constant: 1/n² Σ k(x,x') − 2/n Σ μ_Q(x)
-    (kk._gram(Xt, Xt).mean() - 2 * kernel_mean_embedding(Xt, Q, bw).mean()).backward()
+    (kk.gram_tensor(Xt, Xt).mean() - 2 * kernel_mean_embedding(Xt, Q, bw).mean()).backward()
     directional = float((Xt.grad.numpy() * g).sum())
     decrease = [before - a for a in after]
     return {"before": before, "after": after, "etas": list(etas), "directional_derivative": -directional,

@@ -93,7 +93,7 @@ class GuidedEstimatorBase:
             return memory
         return memory[-size:]  # sliding window
 
-    def _make_guidance(self) -> MMDGuidance:
+    def make_guidance(self) -> MMDGuidance:
         """A fresh :class:`MMDGuidance` (its own history and guard counters) on the fitted ``mmd_``."""
         return MMDGuidance(mmd=self.mmd_, record=bool(self.diagnostics), **{k: getattr(self, k) for k in STEP_PARAMS})
 
@@ -105,7 +105,7 @@ class GuidedEstimatorBase:
         ``memory_`` and ``diagnostics_`` (one ``{'batch', **record, 'steps': history}`` per batch), emits one
         guard warning, and returns the list of outputs.
         """
-        guidance = self._make_guidance()
+        guidance = self.make_guidance()
         outs, diagnostics = [], []
         starts = list(range(0, n, batch_size))
         for b_idx, s in enumerate(progress(starts, total=len(starts), desc=desc, enable=progress_bar)):

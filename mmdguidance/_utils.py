@@ -46,13 +46,14 @@ def as_tensor(x: ArrayLike, *, dtype: torch.dtype | None = None, device=None) ->
     """Convert ``x`` to a floating torch tensor without copying torch inputs needlessly.
 
     numpy / lists become float64 CPU tensors (unless ``dtype`` is given);
-    torch tensors keep their dtype and device unless asked otherwise; integer
-    tensors are promoted to the default float dtype.
+    torch tensors keep their dtype and device unless asked otherwise; integer and
+    bool tensors become float64 (like numpy integers: exact up to :math:`2^{53}`,
+    where float32 would round values above :math:`2^{24}`).
     """
     if isinstance(x, torch.Tensor):
         t = x
         if not torch.is_floating_point(t):
-            t = t.to(torch.get_default_dtype() if dtype is None else dtype)
+            t = t.to(torch.float64 if dtype is None else dtype)
     else:
         arr = np.asarray(x)
         if arr.dtype == object:

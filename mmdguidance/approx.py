@@ -40,7 +40,7 @@ from ._utils import check_array_2d, check_random_state_torch
 from .discrepancy import TERMS, Discrepancy
 from .guidance_params import check_bool
 from .kernels import GaussianKernel, Kernel, parse_bandwidth
-from .mmd import _check_ref_weights
+from .mmd import check_ref_weights
 
 __all__ = ["RFFMMD", "NystromMMD"]
 
@@ -65,7 +65,7 @@ class _FeatureMMD(Discrepancy):
             Y = Y.float()
         N = Y.shape[0]
         w = (torch.full((N,), 1.0 / N, dtype=Y.dtype, device=Y.device) if weights is None
-             else _check_ref_weights(weights, N).to(Y))
+             else check_ref_weights(weights, N).to(Y))
         self.reference_, self.weights_, self.n_features_in_ = Y, w, int(Y.shape[1])
         self.__dict__.pop("_refs_cache", None)
         return Y, w
@@ -94,7 +94,7 @@ class _FeatureMMD(Discrepancy):
         m, mu = self._phi(Zall).mean(0), self._mu(references, Z)  # (R,), (R,)
         if self.exact_self_term:
             ones = torch.ones(n, dtype=Z.dtype, device=Z.device)
-            val = self._self_kernel()._matvec(Zall, Zall, ones).sum() / n**2 - 2 * (m @ mu) + mu @ mu
+            val = self._self_kernel().matvec_tensor(Zall, Zall, ones).sum() / n**2 - 2 * (m @ mu) + mu @ mu
         else:
             v = m - mu
             val = (v * v).sum()
@@ -116,7 +116,7 @@ class _FeatureMMD(Discrepancy):
         if terms in ("full", "cross"):
             g = g - (2.0 / n) * self._jvp(Z, mu)
         if terms in ("full", "self"):
-            g = g + (2.0 / n**2) * self._self_kernel()._grad(Z, Zall, torch.ones(n, dtype=Z.dtype, device=Z.device))
+            g = g + (2.0 / n**2) * self._self_kernel().grad_tensor(Z, Zall, torch.ones(n, dtype=Z.dtype, device=Z.device))
         return g.to(out_dtype)
 
 
@@ -226,7 +226,7 @@ class NystromMMD(_FeatureMMD):
         N = Y.shape[0]
         idx = torch.arange(N) if self.n_landmarks >= N else torch.randperm(N, generator=g)[: self.n_landmarks]
         self.landmarks_ = Y[idx.to(Y.device)]
-        K = self.kernel_._gram(self.landmarks_, self.landmarks_).double()
+        K = self.kernel_.gram_tensor(self.landmarks_, self.landmarks_).double()
         evals, evecs = torch.linalg.eigh(K)
         floor = float(self.ridge) * float(evals.max())
         self.proj_ = ((evecs * evals.clamp_min(floor).rsqrt()) @ evecs.T).to(Y)  # K^{-1/2}
@@ -234,8 +234,8 @@ class NystromMMD(_FeatureMMD):
         return self
 
     def _phi(self, X):
-        return self.kernel_._gram(X, self.landmarks_.to(X)) @ self.proj_.to(X)  # (n, m)
+        return self.kernel_.gram_tensor(X, self.landmarks_.to(X)) @ self.proj_.to(X)  # (n, m)
 
     def _jvp(self, X, v):
         u = self.proj_.to(X) @ v.to(X)  # (m,)
-        return self.kernel_._grad(X, self.landmarks_.to(X), u)  # sum_l u_l grad_1 k(x, l)
+        return self.kernel_.grad_tensor(X, self.landmarks_.to(X), u)  # sum_l u_l grad_1 k(x, l)

@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._utils import check_array_2d, check_positive, check_random_state_torch, from_tensor, logger, progress
+from ._utils import check_array_2d, check_int, check_positive, check_random_state_torch, from_tensor, logger, progress
 
 __all__ = ["Autoencoder"]
 
@@ -59,12 +59,6 @@ def _latent_scale(Z: torch.Tensor) -> float:
         )
         s = _MIN_LATENT_SCALE
     return s
-
-
-def _check_int(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 class Autoencoder(BaseEstimator):
@@ -109,10 +103,10 @@ class Autoencoder(BaseEstimator):
         self.random_state = random_state
 
     def _validate(self):
-        _check_int(self.latent_dim, "latent_dim", 1)
-        _check_int(self.hidden, "hidden", 1)
-        _check_int(self.epochs, "epochs", 1)
-        _check_int(self.batch_size, "batch_size", 1)
+        check_int(self.latent_dim, "latent_dim", 1)
+        check_int(self.hidden, "hidden", 1)
+        check_int(self.epochs, "epochs", 1)
+        check_int(self.batch_size, "batch_size", 1)
         check_positive(self.lr, name="lr")
         check_positive(self.weight_decay, name="weight_decay", allow_zero=True)
         check_positive(self.latent_noise, name="latent_noise", allow_zero=True)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from scipy.linalg import solve_triangular
 
-from ._utils import ArrayLike, as_tensor, check_array_2d, from_tensor, logger
+from ._utils import ArrayLike, as_tensor, check_array_2d, check_int, from_tensor, logger
 from .distances import BLOCK_ELEMENTS, sq_dists
 from .kernels import parse_bandwidth
 
@@ -281,8 +281,7 @@ class GaussianMixture:
             Angle of the first mode, radians.
         """
         for nm, v, lo in (("n_modes", n_modes, 1), ("dim", dim, 2)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-                raise ValueError(f"{nm} must be an integer >= {lo}, got {v!r}")
+            check_int(v, nm, lo)
         for nm, v in (("radius", radius), ("std", std)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
                 raise ValueError(f"{nm} must be a positive finite number, got {v!r}")
@@ -457,9 +456,7 @@ class GaussianMixture:
         labels : ndarray of shape (n,), int64
             Only if ``return_labels``.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        n = int(n)
+        n = check_int(n, "n", 1)
         rng = _numpy_rng(random_state)
         labels = np.asarray(rng.choice(self.n_components, size=n, p=self.weights), dtype=np.int64)
         eps = rng.standard_normal((n, self.dim))

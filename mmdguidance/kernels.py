@@ -239,6 +239,11 @@ class Kernel(BaseEstimator):
     Subclasses implement ``_fit(Y)``, ``_gram_block(X, Y)``,
     ``_grad_block(X, Y, W)`` (``W`` of shape ``(m,)`` or ``(b, m)``), ``_diag(X)``
     and ``_diag_grad(X)`` on validated tensors of a common dtype/device.
+
+    ``gram`` / ``grad`` / ``diag`` validate and round-trip numpy; the other layers (MMD, its
+    approximations, metrics, discrepancies) call the unchecked tensor fast paths ``gram_tensor``,
+    ``matvec_tensor`` (row-chunked :math:`K w`), ``grad_tensor`` (row-chunked), ``diag_tensor`` and
+    ``diag_grad_tensor`` on tensors they validated themselves.
     """
 
     _required_fitted = ("n_features_in_",)
@@ -303,7 +308,7 @@ class Kernel(BaseEstimator):
         K : array of shape (n, m), the type of ``X``
         """
         Xt, Yt = self._pair(X, X if Y is None else Y)
-        return from_tensor(self._gram(Xt, Yt), X)
+        return from_tensor(self.gram_tensor(Xt, Yt), X)
 
     def grad(self, X, Y, weights=None):
         r"""Weighted kernel gradient in the first argument.
@@ -323,7 +328,7 @@ class Kernel(BaseEstimator):
         """
         Xt, Yt = self._pair(X, Y)
         W = _check_weights(weights, Xt.shape[0], Yt.shape[0], Xt)
-        return from_tensor(self._grad(Xt, Yt, W), X)
+        return from_tensor(self.grad_tensor(Xt, Yt, W), X)
 
     def diag(self, X):
         """:math:`k(x_i, x_i)`, shape ``(n,)``."""
@@ -331,17 +336,28 @@ class Kernel(BaseEstimator):
         Xt = check_array_2d(X, name="X", n_features=self.n_features_in_, owner=type(self).__name__)
         return from_tensor(self._diag(Xt), X)
 
-    # ------------------------------------------------------------------ chunked internals (tensors)
-    def _gram(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ tensor fast paths (no validation)
+    # Public for the other layers (MMD, approximations, metrics, discrepancies): ``X`` and ``Y`` must be
+    # validated 2-D tensors of one dtype/device with ``n_features_in_`` columns; nothing is checked here.
+    def gram_tensor(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Unchecked :math:`K_{ij} = k(x_i, y_j)` on tensors, shape ``(n, m)``."""
         return self._gram_block(X, Y)
 
-    def _matvec(self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def diag_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        """Unchecked :math:`k(x_i, x_i)` on a tensor, shape ``(n,)``."""
+        return self._diag(X)
+
+    def diag_grad_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        r"""Unchecked :math:`\nabla_1 k(x, y)|_{y=x}` on a tensor, shape ``(n, d)``."""
+        return self._diag_grad(X)
+
+    def matvec_tensor(self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """:math:`(K w)_i = \\sum_j k(x_i, y_j) w_j`, shape ``(n,)``, chunked over rows."""
         r = self._rows_per_chunk(Y.shape[0])
         out = [self._gram_block(X[s : s + r], Y) @ w for s in range(0, X.shape[0], r)]
         return torch.cat(out) if out else X.new_zeros(0)
 
-    def _grad(self, X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def grad_tensor(self, X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """Chunked :math:`\\sum_j W_{ij} \\nabla_1 k(x_i, y_j)`; ``W`` is ``(m,)`` or ``(n, m)``."""
         r = self._rows_per_chunk(Y.shape[0])
         if X.shape[0] <= r:

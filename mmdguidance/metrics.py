@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
-from ._utils import check_array_2d, check_positive, check_random_state_torch, logger
+from ._utils import check_array_2d, check_int, check_positive, check_random_state_torch, logger
 from .distances import BLOCK_ELEMENTS, check_dense_size, sq_dists
 from .kernels import GaussianKernel, Kernel, PolynomialKernel
 from .mmd import MMD, mmd2
@@ -100,12 +100,6 @@ def _check_pair(X, Y, *, func: str, min_samples: int = 1, names=("X", "Y")):
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
-
-
-def _check_int(value, *, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_mixture(mixture, func: str):
@@ -261,7 +255,7 @@ def wasserstein2(X, Y, num_iter_max: int = 1_000_000) -> float:
     M = _np(sq_dists(Xt, Yt))  # (n, m), centred and exact 0 on identical points (unlike ot.dist on raw data)
     a = np.full(Xt.shape[0], 1.0 / Xt.shape[0])
     b = np.full(Yt.shape[0], 1.0 / Yt.shape[0])
-    cost = float(ot.emd2(a, b, M, numItermax=_check_int(num_iter_max, name="num_iter_max", minimum=1)))
+    cost = float(ot.emd2(a, b, M, numItermax=check_int(num_iter_max, "num_iter_max", 1)))
     return math.sqrt(max(cost, 0.0))
 
 
@@ -290,7 +284,7 @@ def sliced_wasserstein2(X, Y, n_projections: int = 128, random_state=None) -> fl
     """
     import ot
 
-    L = _check_int(n_projections, name="n_projections", minimum=1)
+    L = check_int(n_projections, "n_projections", 1)
     Xt, Yt = _check_pair(X, Y, func="sliced_wasserstein2")
     g = check_random_state_torch(random_state)
     theta = torch.randn(Xt.shape[1], L, generator=g, dtype=torch.float64)  # (d, L)
@@ -412,8 +406,8 @@ def kernel_distance(X, Y, n_subsets: int = 100, subset_size: int = 1000, random_
         ``mean`` and ``std`` (population std, ``ddof=0``, as torch-fidelity) of the subset
         values, ``subset_size`` (the clipped s) and ``n_subsets``.
     """
-    S = _check_int(n_subsets, name="n_subsets", minimum=1)
-    _check_int(subset_size, name="subset_size", minimum=2)
+    S = check_int(n_subsets, "n_subsets", 1)
+    check_int(subset_size, "subset_size", 2)
     Xt, Yt = _check_pair(X, Y, func="kernel_distance", min_samples=2)
     s = min(int(subset_size), Xt.shape[0], Yt.shape[0])
     kernel = PolynomialKernel(degree=3, gamma=None, coef0=1.0).fit(Yt)  # gamma = 1/d
@@ -465,7 +459,7 @@ def precision_recall_density_coverage(real, fake, k: int = 5) -> dict:
     -------
     dict with float entries ``precision``, ``recall``, ``density``, ``coverage``
     """
-    k = _check_int(k, name="k", minimum=1)
+    k = check_int(k, "k", 1)
     Rt, Ft = _check_pair(real, fake, func="precision_recall_density_coverage", min_samples=k + 1, names=("real", "fake"))
     N, M = Rt.shape[0], Ft.shape[0]
     rows = max(1, _BLOCK_ELEMENTS // max(N, M))
@@ -524,8 +518,8 @@ def _resolve_kernel(kernel, fit_on: torch.Tensor, func: str) -> Kernel:
 
 def _normalised_gram(kernel: Kernel, A: torch.Tensor, B: torch.Tensor, func: str) -> torch.Tensor:
     r"""Cosine-normalised Gram matrix :math:`k(a,b)/\sqrt{k(a,a)k(b,b)}` (so that k(x,x) = 1), shape (n, m)."""
-    K = kernel._gram(A, B)  # (n, m)
-    da, db = kernel._diag(A), kernel._diag(B)  # (n,), (m,)
+    K = kernel.gram_tensor(A, B)  # (n, m)
+    da, db = kernel.diag_tensor(A), kernel.diag_tensor(B)  # (n,), (m,)
     if bool((da <= 0).any()) or bool((db <= 0).any()):
         raise ValueError(f"{func}: the kernel has k(x, x) <= 0 at some sample; cannot normalise it")
     return K / torch.sqrt(da[:, None] * db[None, :])

@@ -58,17 +58,17 @@ ESTIMATORS = ("biased", "unbiased")
 def _self_sum(kernel: Kernel, Z: torch.Tensor, estimator: str) -> torch.Tensor:
     """:math:`\\sum_{a,b} k(z_a,z_b)` (biased) or :math:`\\sum_{a\\ne b}` (unbiased)."""
     ones = torch.ones(Z.shape[0], dtype=Z.dtype, device=Z.device)
-    s = kernel._matvec(Z, Z, ones).sum()
+    s = kernel.matvec_tensor(Z, Z, ones).sum()
     if estimator == "unbiased":
-        s = s - kernel._diag(Z).sum()
+        s = s - kernel.diag_tensor(Z).sum()
     return s
 
 
-def _ref_term(kernel: Kernel, Y: torch.Tensor, w: torch.Tensor, estimator: str) -> torch.Tensor:
+def ref_term_tensor(kernel: Kernel, Y: torch.Tensor, w: torch.Tensor, estimator: str) -> torch.Tensor:
     """Reference-reference term of MMD² (constant in X)."""
-    s = w @ kernel._matvec(Y, Y, w)
+    s = w @ kernel.matvec_tensor(Y, Y, w)
     if estimator == "unbiased":
-        s = (s - (w * w * kernel._diag(Y)).sum()) / (1.0 - (w * w).sum())
+        s = (s - (w * w * kernel.diag_tensor(Y)).sum()) / (1.0 - (w * w).sum())
     return s
 
 
@@ -77,13 +77,13 @@ def _mmd2(kernel, Z, Y, w, estimator, ref_term=None) -> torch.Tensor:
     if estimator == "unbiased" and n < 2:
         raise ValueError("the unbiased estimator needs at least 2 generated samples")
     self_norm = n * n if estimator == "biased" else n * (n - 1)
-    cross = kernel._matvec(Z, Y, w).sum() / n
+    cross = kernel.matvec_tensor(Z, Y, w).sum() / n
     if ref_term is None:
-        ref_term = _ref_term(kernel, Y, w, estimator)
+        ref_term = ref_term_tensor(kernel, Y, w, estimator)
     return _self_sum(kernel, Z, estimator) / self_norm + ref_term - 2.0 * cross
 
 
-def _mmd2_grad(kernel, X, Y, w, memory, terms, estimator) -> torch.Tensor:
+def mmd2_grad_tensor(kernel, X, Y, w, memory, terms, estimator) -> torch.Tensor:
     """Gradient of MMD²(X ∪ memory, Y) with respect to each row of X, shape (B, D).
 
     The full gradient is one weighted kernel-gradient pass over the stacked set ``[X; M; Y]``
@@ -104,9 +104,9 @@ def _mmd2_grad(kernel, X, Y, w, memory, terms, estimator) -> torch.Tensor:
     if not parts:
         return torch.zeros_like(X)
     Z = parts[0] if len(parts) == 1 else torch.cat(parts, 0)  # (n [+ N], D)
-    g = kernel._grad(X, Z, weights[0] if len(weights) == 1 else torch.cat(weights))
+    g = kernel.grad_tensor(X, Z, weights[0] if len(weights) == 1 else torch.cat(weights))
     if use_self and estimator == "unbiased":
-        g = g - (2.0 / norm) * kernel._diag_grad(X)
+        g = g - (2.0 / norm) * kernel.diag_grad_tensor(X)
     return g
 
 
@@ -121,7 +121,7 @@ def _prepare(kernel, X, Y, weights, memory):
     if weights is None:
         w = torch.full((N,), 1.0 / N, dtype=Xt.dtype, device=Xt.device)
     else:
-        w = _check_ref_weights(weights, N).to(dtype=Xt.dtype, device=Xt.device)
+        w = check_ref_weights(weights, N).to(dtype=Xt.dtype, device=Xt.device)
     M = None
     if memory is not None:
         M = match_tensor(check_array_2d(memory, name="memory", min_samples=0, n_features=Xt.shape[1]), Xt, what="memory")
@@ -130,7 +130,7 @@ def _prepare(kernel, X, Y, weights, memory):
     return Xt, Yt, w, M
 
 
-def _check_ref_weights(weights, N: int) -> torch.Tensor:
+def check_ref_weights(weights, N: int) -> torch.Tensor:
     """Validate reference weights ``(N,)`` and normalise them to sum 1 (float64 tensor).
 
     Non-negative, finite, not all zero. Normalisation divides by the largest weight first and
@@ -186,7 +186,7 @@ def mmd2_gradient(kernel: Kernel, X, Y, *, weights=None, memory=None, terms: str
     Xt, Yt, w, M = _prepare(kernel, X, Y, weights, memory)
     if estimator == "unbiased" and Xt.shape[0] + (0 if M is None else M.shape[0]) < 2:
         raise ValueError("the unbiased estimator needs at least 2 generated samples (batch + memory)")
-    return from_tensor(_mmd2_grad(kernel, Xt, Yt, w, M, terms, estimator), X)
+    return from_tensor(mmd2_grad_tensor(kernel, Xt, Yt, w, M, terms, estimator), X)
 
 
 # --------------------------------------------------------------------------- estimator
@@ -271,14 +271,14 @@ class MMD(Discrepancy):
         w = (
             torch.full((N,), 1.0 / N, dtype=Y.dtype, device=Y.device)
             if weights is None
-            else _check_ref_weights(weights, N).to(dtype=Y.dtype, device=Y.device)
+            else check_ref_weights(weights, N).to(dtype=Y.dtype, device=Y.device)
         )
         if self.estimator == "unbiased":
             _check_unbiased_weights(w)
         self.kernel_ = clone(kernel).fit(Y)
         self.reference_ = Y
         self.weights_ = w
-        self.ref_term_ = float(_ref_term(self.kernel_, Y, w, self.estimator))
+        self.ref_term_ = float(ref_term_tensor(self.kernel_, Y, w, self.estimator))
         self.n_features_in_ = int(Y.shape[1])
         self.__dict__.pop("_refs_cache", None)
         return self
@@ -302,7 +302,7 @@ class MMD(Discrepancy):
     def grad_tensor(self, Z, *, references=None, memory=None, terms="full"):
         """Closed-form gradient of MMD² for every row of ``Z`` ``(B, D)``; no validation."""
         Y, w = self.references(Z) if references is None else references
-        return _mmd2_grad(self.kernel_, Z, Y, w, memory, terms, self.estimator)
+        return mmd2_grad_tensor(self.kernel_, Z, Y, w, memory, terms, self.estimator)
 
     def _check_X(self, X, name="X", min_samples=1):
         check_is_fitted(self, "reference_")
@@ -360,7 +360,7 @@ class MMD(Discrepancy):
         M = self._check_memory(memory, Xt)
         if self.estimator == "unbiased" and terms != "cross" and Xt.shape[0] + (0 if M is None else M.shape[0]) < 2:
             raise ValueError("the unbiased self term needs at least 2 generated samples (batch + memory)")
-        return from_tensor(_mmd2_grad(self.kernel_, Xt, Y, w, M, terms, self.estimator), X)
+        return from_tensor(mmd2_grad_tensor(self.kernel_, Xt, Y, w, M, terms, self.estimator), X)
 
     def witness(self, X, Z=None):
         r"""Witness function of the generated sample ``X`` against the references, at points ``Z``.
@@ -382,7 +382,7 @@ class MMD(Discrepancy):
         Zt = Xt if Z is None else match_tensor(self._check_X(Z, name="Z"), Xt, what="Z")
         Y, w = self._refs_like(Xt)
         u = torch.full((Xt.shape[0],), 1.0 / Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
-        f = self.kernel_._matvec(Zt, Xt, u) - self.kernel_._matvec(Zt, Y, w)
+        f = self.kernel_.matvec_tensor(Zt, Xt, u) - self.kernel_.matvec_tensor(Zt, Y, w)
         return from_tensor(f, X)
 
     def permutation_test(self, X, n_permutations=1000, random_state=None, batch_size=256):
@@ -428,7 +428,7 @@ class MMD(Discrepancy):
             logger.warning("permutation_test ignores the non-uniform reference weights (exchangeability)")
         B, N = Xt.shape[0], Y.shape[0]
         P = torch.cat([Xt, Y], 0)
-        K = self.kernel_._gram(P, P)  # (B+N, B+N)
+        K = self.kernel_.gram_tensor(P, P)  # (B+N, B+N)
         dK = torch.diagonal(K)
         gen = check_random_state_torch(random_state, device=Xt.device)
 

@@ -553,8 +553,8 @@ def test_saved_pipeline_reloads_offline_and_runs_through_cli(tmp_path, pipes, mo
 
 
 def test_benchmark_runs_tiny_on_cpu():
-    """benchmarks/bench_diffusers.py runs its code path at tiny sizes on CPU (the GPU numbers are in docs/diffusers.md)."""
-    from benchmarks.bench_diffusers import run
+    """benchmarks/time_diffusers.py runs its code path at tiny sizes on CPU (the GPU numbers are in docs/diffusers.md)."""
+    from benchmarks.time_diffusers import run
 
     res = run("tiny", device="cpu")
     assert set(res["models"]) == {"sdxl", "pixart"}
@@ -873,6 +873,28 @@ def test_generate_cli_baseline_per_step_and_early_errors(tmp_path, pipes, monkey
     (tmp_path / "afile").write_text("x")
     assert main(args[:-1] + [str(tmp_path / "afile")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_generate_cli_bad_counts_and_device_exit_2_before_loading(tmp_path, monkeypatch, capsys):
+    """Issue 14 item 13: ``--steps 0`` and an unusable ``--device`` are errors (exit 2), not tracebacks."""
+    import diffusers
+
+    from mmdguidance.cli import main
+
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    base = ["generate", "--pipeline", str(tmp_path / "pipe"), "--refs", str(tmp_path), "--prompt", "p",
+            "--out", str(tmp_path / "out")]
+    for extra, flag in ((["--steps", "0"], "--steps"), (["--n", "0"], "--n"), (["--batch-size", "-1"], "--batch-size"),
+                        (["--memory-size", "-2"], "--memory-size"), (["--height", "0"], "--height"),
+                        (["--device", "nonsense"], "--device")):
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert flag in err and "Traceback" not in err, err
+    if not torch.cuda.is_available():
+        assert main(base + ["--device", "cuda"]) == 2
+        assert "no usable CUDA device" in capsys.readouterr().err
 
 
 def test_generate_cli_unconditional_pipeline(tmp_path):

@@ -247,4 +247,4 @@ def test_tasks_pins_cpu_torch_and_installs_per_job(capsys):
 def test_benchmarks_runner_help_lists_the_benchmarks():
     r = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode == 0 and "time_gradient" in r.stdout and "bench_diffusers" in r.stdout
+    assert r.returncode == 0 and "time_gradient" in r.stdout and "time_diffusers" in r.stdout

@@ -481,7 +481,7 @@ def test_bad_method_inputs(Q2):
             Q2.noised(ab)
         with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\]"):
             Q2.posterior_mean_x0(np.zeros((1, 2)), ab)
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         Q2.sample(0)
     with pytest.raises(ValueError, match="dim"):
         mmd2_mixtures(Q2, GaussianMixture(weights=[1.0], means=[[0.0]], covariances=1.0), 1.0)

@@ -1,5 +1,7 @@
 """Kernels: closed-form gradients vs autograd and finite differences, chunking, conventions, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,7 @@ KINDS = ["gauss", "multiscale", "median", "imq", "poly", "product"]
 
 def weighted_sum(k, X, Y, W):
     """S(X) = sum_ij W_ij k(x_i, y_j); its gradient in x_i is the kernel's grad."""
-    return (k._gram(X, Y) * W).sum()
+    return (k.gram_tensor(X, Y) * W).sum()
 
 
 def finite_diff_grad(k, X, Y, W, h=1e-5):
@@ -59,7 +61,7 @@ def finite_diff_grad(k, X, Y, W, h=1e-5):
     Xp = (X[:, None, :] + E[None]).reshape(B * D, D)
     Xm = (X[:, None, :] - E[None]).reshape(B * D, D)
     Wr = W.repeat_interleave(D, 0) if W.ndim == 2 else W.expand(B * D, -1)  # (B*D, N)
-    diff = ((k._gram(Xp, Y) - k._gram(Xm, Y)) * Wr).sum(1)
+    diff = ((k.gram_tensor(Xp, Y) - k.gram_tensor(Xm, Y)) * Wr).sum(1)
     return (diff / (2 * h)).reshape(B, D)
 
 
@@ -108,11 +110,11 @@ def test_diag_and_diag_grad_match_autograd(kind):
     g = torch.Generator().manual_seed(1)
     X = torch.randn(5, 4, generator=g)
     k = make_kernel(kind, 1.3, split=2).fit(X)
-    torch.testing.assert_close(k._diag(X), torch.diagonal(k._gram(X, X)))
+    torch.testing.assert_close(k.diag_tensor(X), torch.diagonal(k.gram_tensor(X, X)))
     # grad_1 k(x, y) at y = x: differentiate the first argument only
     Xr = X.clone().requires_grad_(True)
-    k._gram(Xr, X).diagonal().sum().backward()
-    torch.testing.assert_close(k._diag_grad(X), Xr.grad, rtol=1e-8, atol=1e-12)
+    k.gram_tensor(Xr, X).diagonal().sum().backward()
+    torch.testing.assert_close(k.diag_grad_tensor(X), Xr.grad, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -129,7 +131,7 @@ def test_chunked_equals_unchunked(kind):
         k.set_params(chunk_size=4)
     assert k._rows_per_chunk(11) == 4
     torch.testing.assert_close(k.grad(X, Y, W), full, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(k._matvec(X, Y, W[0]), k._gram(X, Y) @ W[0])
+    torch.testing.assert_close(k.matvec_tensor(X, Y, W[0]), k.gram_tensor(X, Y) @ W[0])
 
 
 def test_gaussian_gram_closed_form_and_multiscale_sum():
@@ -370,3 +372,23 @@ def test_imq_gradient_far_points(R):
     ref = (2 / 4) * gsum(X, X, np.ones(2)) - (2 / 2) * gsum(X, Y, np.full(50, 1 / 50))
     g = MMD(kernel=IMQKernel(scale=1.0)).fit(Y).gradient(X)
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+
+
+def test_integer_tensors_are_exact_above_2_pow_24():
+    """Integer tensors go through float64 like numpy integers (float32 would round 2**24 + 1 to 2**24)."""
+    from mmdguidance import MMD
+
+    X = torch.tensor([[2**24 + 1], [2**24]], dtype=torch.int64)  # distance exactly 1
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # the library default (this module otherwise runs in float64)
+    try:
+        k = GaussianKernel(bandwidth=1.0).fit(X)
+        K = k.gram(X)
+        m = MMD(kernel=GaussianKernel(bandwidth=1.0)).fit(X[[0, 0]])  # two copies of x_0
+        score = float(m.score(X[1:]))
+    finally:
+        torch.set_default_dtype(old)
+    assert K.dtype == torch.float64
+    assert float(K[0, 1]) == pytest.approx(math.exp(-0.5), rel=1e-12)
+    np.testing.assert_allclose(K.numpy(), k.gram(X.numpy()), rtol=0, atol=0)  # same as numpy int64 input
+    assert score == pytest.approx(2 - 2 * math.exp(-0.5), rel=1e-12)

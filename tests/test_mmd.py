@@ -15,7 +15,7 @@ from tests.test_kernels import KINDS, _float64_default, make_kernel  # noqa: F40
 
 def brute_mmd2(k, Z, Y, w, estimator):
     """Direct double-sum formula, independent of the module's matvec path."""
-    Kzz, Kyy, Kzy = k._gram(Z, Z), k._gram(Y, Y), k._gram(Z, Y)
+    Kzz, Kyy, Kzy = k.gram_tensor(Z, Z), k.gram_tensor(Y, Y), k.gram_tensor(Z, Y)
     n = Z.shape[0]
     if estimator == "biased":
         return Kzz.sum() / n**2 + w @ Kyy @ w - 2 * (Kzy @ w).sum() / n

@@ -157,7 +157,8 @@ def load_images(images) -> tuple[list[np.ndarray], list[str | None], list[str]]:
     return arrays, captions, names
 
 
-def _fit_resolution(arrays, height: int, width: int, resize: bool) -> list[np.ndarray]:
+def fit_resolution(arrays, height: int, width: int, resize: bool) -> list[np.ndarray]:
+    """Images ``(h, w, 3)`` uint8 at ``height x width``: bicubic-resized if ``resize``, else a ``ValueError`` on a mismatch."""
     from PIL import Image
 
     out = []
@@ -292,7 +293,7 @@ def encode_images(
     key : str
         The cache key (see :func:`reference_cache_key`).
     """
-    arrays = _fit_resolution(arrays, height, width, resize)
+    arrays = fit_resolution(arrays, height, width, resize)
     consts = decode_constants(vae)
     settings = {"resize": bool(resize), "encode": "posterior_mean", "decode_constants": consts, "format": 2}
     key = reference_cache_key(arrays, height=height, width=width, vae_fp=vae_fingerprint(vae), settings=settings)

@@ -118,7 +118,7 @@ class GuidedCall:
         g = self.guidance
         num_steps = len(self.scheduler.timesteps)
         if not g.is_active(self.count, num_steps):
-            g.history.append({"step": self.count, "t": _t(timestep), "applied": False})
+            g.record_skip(self.count, timestep)
             return model_output
         coef = x0_coefficients(self.scheduler, timestep, idx)
         x0 = to_x0(model_output, sample, coef)  # (B, C, h, w) float32
@@ -139,7 +139,7 @@ class GuidedCall:
         num_steps = len(self.scheduler.timesteps)
         g = self.guidance
         if not g.is_active(count, num_steps):
-            g.history.append({"step": count, "t": _t(t), "applied": False})
+            g.record_skip(count, t)
             self.final = latents
             return latents
         a, s = landing_level(self.scheduler, t, idx)
@@ -173,7 +173,3 @@ class GuidedCall:
         latents.copy_(self.post_step(i, t, latents))
 
 
-def _t(t):
-    if isinstance(t, torch.Tensor):
-        return t.item() if t.numel() == 1 else t.tolist()
-    return t

@@ -71,8 +71,8 @@ class MMDGuidanceCallback(PipelineCallback):
         if a.prompt_aware:
             if self.prompt_features is None:
                 raise ValueError("prompt-aware guidance: MMDGuidanceCallback(adapter, prompt_features=...) is required")
-            C = a._prompt_features(self.prompt_features, batch, "prompt features")
-        return GuidedCall(a.pipeline.scheduler, a._make_guidance(), mode="callback_on_step_end", prompts=C,
+            C = a.prompt_features_tensor(self.prompt_features, batch, "prompt features")
+        return GuidedCall(a.pipeline.scheduler, a.make_guidance(), mode="callback_on_step_end", prompts=C,
                           memory=a.memory_ if a.memory_size else None)
 
     @contextlib.contextmanager

@@ -45,7 +45,7 @@ from .._guided_estimator import GuidedEstimatorBase
 from .._utils import as_tensor, check_array_2d, check_option, check_random_state_torch, logger, progress
 from .._utils import check_int as _check_int
 from ..guidance import GuidanceWarning
-from ._encode import _fit_resolution, encode_images, load_images, pixels
+from ._encode import fit_resolution, encode_images, load_images, pixels
 from ._hooks import GuidedCall
 from ._prompts import check_prompt_list, pipeline_text_embedder
 from .callback import MMDGuidanceCallback
@@ -192,7 +192,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         """Where the pipeline runs its denoiser (differs from ``pipeline.device`` under CPU offload)."""
         return getattr(self.pipeline, "_execution_device", None) or self.pipeline.device
 
-    def _family(self) -> str:
+    def pipeline_family(self) -> str:
         """'text' (text-to-image) or 'uncond'; ``TypeError`` naming the supported pipelines otherwise."""
         p = self.pipeline
         names = {c.__name__ for c in type(p).__mro__}
@@ -207,7 +207,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         )
 
     def _denoiser(self):
-        self._family()
+        self.pipeline_family()
         p = self.pipeline
         den = getattr(p, "unet", None) or getattr(p, "transformer", None)
         if den is None or getattr(p, "scheduler", None) is None:
@@ -231,7 +231,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         native = (int(ss[0]) * vsf, int(ss[1]) * vsf)
         h = int(self.height) if self.height is not None else native[0]
         w = int(self.width) if self.width is not None else native[1]
-        if self._family() == "uncond" and (h, w) != native:
+        if self.pipeline_family() == "uncond" and (h, w) != native:
             raise ValueError(f"{type(self.pipeline).__name__} generates at its denoiser's sample size "
                              f"{native[0]}x{native[1]}; height/width cannot be changed")
         if h % vsf or w % vsf:
@@ -266,7 +266,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         if self.evaluate_on == "x0_jacobian":
             raise ValueError("evaluate_on='x0_jacobian' is not supported by the diffusers adapter (it needs a "
                              "differentiable model call per step); use evaluate_on='x0' (exact Tweedie x0) or 'xt'")
-        if self.prompt_aware and self._family() == "uncond":
+        if self.prompt_aware and self.pipeline_family() == "uncond":
             raise ValueError(f"{type(self.pipeline).__name__} is unconditional: prompt-aware guidance needs prompts")
 
     def _check_fitted_state(self):
@@ -279,7 +279,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
             raise ValueError("the pipeline's autoencoder was replaced after fit: the reference latents are stale; refit")
 
     # ------------------------------------------------------------------ prompt features
-    def _prompt_features(self, prompts, n: int, what: str) -> torch.Tensor:
+    def prompt_features_tensor(self, prompts, n: int, what: str) -> torch.Tensor:
         """(n, Dc) float32 on the pipeline's device from strings or an array."""
         device = self._device()
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
@@ -341,7 +341,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         C = None
         if self.prompt_aware:
             prompts = self._reference_prompts(prompts, captions, names)
-            C = self._prompt_features(prompts, N, "reference prompts")  # (N, Dc)
+            C = self.prompt_features_tensor(prompts, N, "reference prompts")  # (N, Dc)
         elif prompts is not None and not isinstance(prompts, (str, list, tuple)):
             raise ValueError("prompts were given but the guidance is not prompt-aware; set prompt_kernel=...")
         self.mmd_ = self._fit_prompt_aware_mmd(X, C, weights)
@@ -365,7 +365,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         h, w = self._resolution()
         ae = self._autoencoder()
         if ae is None:  # pixel space: the images themselves, in the pipeline's [-1, 1] range
-            arrays = _fit_resolution(arrays, h, w, bool(self.resize_references))
+            arrays = fit_resolution(arrays, h, w, bool(self.resize_references))
             return pixels(np.stack(arrays)).to(self._device()), None, caps, names
         lat, key = encode_images(ae, arrays, height=h, width=w, resize=bool(self.resize_references),
                                  batch_size=int(self.encode_batch_size), device=self._device(), cache_dir=self.cache_dir)
@@ -465,22 +465,17 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         user_cb = _UserCallback(callback_on_step_end, callback_on_step_end_tensor_inputs, mode)
         gens, dev_gen = self._generators(generator, n)
         memory = None if (reset_memory or self.memory_ is None) else self.memory_
-        guidance = self._make_guidance()
-        images, latents, diagnostics = [], [], []
-        starts = list(range(0, n, bs))
-        for b, s in enumerate(progress(starts, total=len(starts), desc="MMD-guided generation", enable=progress_bar)):
-            e = min(s + bs, n)
-            kw = self._batch_kwargs(pipeline_kwargs, per_sample, prompts, negs, guidance_scale, s, e)
-            Cb = None if C is None else C[s:e]
+
+        def run_batch(rows, guidance, memory):  # one pipeline call on samples rows.start:rows.stop
+            kw = self._batch_kwargs(pipeline_kwargs, per_sample, prompts, negs, guidance_scale, rows.start, rows.stop)
+            Cb = None if C is None else C[rows]
             call = GuidedCall(self.pipeline.scheduler, guidance, mode=mode, prompts=Cb, memory=memory, generator=dev_gen)
-            img, lat = self._run_batch(call, kw, num_inference_steps, gens(s, e), output_type, user_cb)
-            images.append(img)
-            latents.append(lat)
-            diagnostics.append({"batch": b, "mode": mode, "steps": guidance.history})
-            guidance.history = []
-            memory = self._update_memory(memory, _features(lat, Cb))
-        guidance.warn_if_guarded()
-        self.memory_, self.latents_, self.diagnostics_ = memory, torch.cat(latents, 0), diagnostics
+            img, lat = self._run_batch(call, kw, num_inference_steps, gens(rows.start, rows.stop), output_type, user_cb)
+            return (img, lat), _features(lat, Cb), {"mode": mode}
+
+        outs = self._run_batches(n, bs, run_batch, memory=memory, desc="MMD-guided generation", progress_bar=progress_bar)
+        images, latents = [o[0] for o in outs], [o[1] for o in outs]
+        self.latents_, diagnostics = torch.cat(latents, 0), self.diagnostics_
         self._warn_if_vanished(diagnostics)
         out = MMDGuidedPipelineOutput(images=_concat_images(images), latents=self.latents_, diagnostics=diagnostics)
         return out if return_dict else out.to_tuple()
@@ -505,13 +500,13 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
 
     def _split_prompt_args(self, prompt, negative_prompt, guidance_scale, n, pipeline_kwargs):
         """(prompts or None, negative prompts or None, per-sample tensors); pops the latter from ``pipeline_kwargs``."""
-        if self._family() == "uncond":
+        if self.pipeline_family() == "uncond":
             given = [k for k, v in (("prompt", prompt), ("negative_prompt", negative_prompt),
                                     ("guidance_scale", guidance_scale)) if v is not None]
             if given:
                 raise ValueError(f"{type(self.pipeline).__name__} is unconditional: {', '.join(given)} not accepted")
         prompts = None if prompt is None else check_prompt_list(prompt, n, "prompts")
-        if self._family() == "text" and prompts is None and "prompt_embeds" not in pipeline_kwargs:
+        if self.pipeline_family() == "text" and prompts is None and "prompt_embeds" not in pipeline_kwargs:
             raise ValueError("pass prompt= (str or list of n str) or prompt_embeds=")
         negs = None if negative_prompt is None else check_prompt_list(negative_prompt, n, "negative prompts")
         per_sample = {}
@@ -527,9 +522,9 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         if not self.prompt_aware:
             return None
         if prompt_features is not None:
-            C = self._prompt_features(prompt_features, n, "prompt features")
+            C = self.prompt_features_tensor(prompt_features, n, "prompt features")
         elif prompts is not None:
-            C = self._prompt_features(prompts, n, "prompts")
+            C = self.prompt_features_tensor(prompts, n, "prompts")
         else:
             raise ValueError("prompt-aware guidance needs prompt= strings or prompt_features=")
         if C.shape[1] != self.prompt_dim_:
@@ -563,7 +558,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
     def _batch_kwargs(self, pipeline_kwargs, per_sample, prompts, negs, guidance_scale, s, e):
         kw = dict(pipeline_kwargs)
         kw.update({k: v[s:e] for k, v in per_sample.items()})
-        if self._family() == "uncond":
+        if self.pipeline_family() == "uncond":
             kw["batch_size"] = e - s
             return kw
         h, w = self._resolution()
@@ -580,7 +575,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
 
     def _run_batch(self, call, kw, num_inference_steps, gen, output_type, user_cb):
         """Run the pipeline once under ``call``; returns (images, final latents (b, C, h, w))."""
-        uncond_latent = self._family() == "uncond" and output_type == "latent"
+        uncond_latent = self.pipeline_family() == "uncond" and output_type == "latent"
         kw.update(user_cb.pipeline_kwargs(call, self))
         if call.mode == "callback":
             kw.update(callback=call.legacy_callback, callback_steps=1)
@@ -628,7 +623,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         if self.prompt_aware:
             if prompts is None:
                 raise ValueError("prompt-aware guidance: score_latents(..., prompts=...) is required")
-            Z = torch.cat([Z, self._prompt_features(prompts, Z.shape[0], "prompts")], 1)
+            Z = torch.cat([Z, self.prompt_features_tensor(prompts, Z.shape[0], "prompts")], 1)
         return float(self.mmd_.score(Z))
 
 

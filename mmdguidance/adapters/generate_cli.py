@@ -32,17 +32,21 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=50, help="num_inference_steps")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (pipeline default)")
     p.add_argument("--scale", type=float, default=0.2, help="MMD guidance scale")
-    p.add_argument("--evaluate-on", default="xt", choices=("xt", "x0", "noised_refs"))
-    p.add_argument("--window", type=float, nargs=2, default=(0.0, 0.8), metavar=("START", "STOP"))
-    p.add_argument("--memory-size", type=int, default=0)
+    p.add_argument("--evaluate-on", default="xt", choices=("xt", "x0", "noised_refs"),
+                   help="where the MMD gradient is taken: the noisy latents x_t, their Tweedie estimate x0, or x_t "
+                        "against references noised to the same level (default: xt)")
+    p.add_argument("--window", type=float, nargs=2, default=(0.0, 0.8), metavar=("START", "STOP"),
+                   help="guide only the steps in this fraction of the trajectory, 0 = first step (default: 0 0.8)")
+    p.add_argument("--memory-size", type=int, default=0,
+                   help="finished latents of earlier batches kept in the MMD's generated set (default: 0, none)")
     p.add_argument("--prompt-aware", action="store_true", help="product kernel with the references' captions")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
     p.add_argument("--resize-refs", action="store_true", help="resize references to the generation size (bicubic)")
     p.add_argument("--cache-dir", default=None, help="cache of encoded reference latents")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--fp16", action="store_true", help="load the pipeline in float16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unguided same-noise baseline run")
 
 
@@ -77,6 +81,35 @@ def step_summary(diagnostics) -> list[dict]:
     return out
 
 
+def _check_counts(args) -> str | None:
+    """An error message for a count option out of range (checked before anything is loaded)."""
+    for flag, value, lo in (("--n", args.n, 1), ("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                            ("--memory-size", args.memory_size, 0), ("--height", args.height, 1),
+                            ("--width", args.width, 1)):
+        if value is not None and value < lo:
+            return f"{flag} must be an integer >= {lo}, got {value}"
+    return None
+
+
+def _check_device(name: str | None) -> str | None:
+    """An error message if ``--device`` is not a torch device this build can use."""
+    if name is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        return f"--device {name!r} is not a torch device ({exc})"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: this torch build has no usable CUDA device (torch {torch.__version__}); use --device cpu"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)"
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name}: MPS is not available here; use --device cpu"
+    return None
+
+
 def _load_pipeline(pdir: Path, args):
     import torch
     from diffusers import DiffusionPipeline
@@ -102,7 +135,7 @@ def main(args) -> int:
     if args.prompt is not None and len(args.prompt) not in (1, args.n):
         print(f"error: got {len(args.prompt)} prompts for --n {args.n}; give one prompt or exactly n", file=sys.stderr)
         return 2
-    err = _prepare_out(out)
+    err = _check_counts(args) or _check_device(args.device) or _prepare_out(out)
     if err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -117,7 +150,7 @@ def main(args) -> int:
         resize_references=args.resize_refs, cache_dir=args.cache_dir, random_state=args.seed,
     )
     prompts = None if args.prompt is None else (args.prompt[0] if len(args.prompt) == 1 else args.prompt)
-    if prompts is None and adapter._family() == "text":
+    if prompts is None and adapter.pipeline_family() == "text":
         print(f"error: {type(pipe).__name__} is a text-to-image pipeline: pass --prompt", file=sys.stderr)
         return 2
     run = dict(n=args.n, batch_size=args.batch_size, num_inference_steps=args.steps, guidance_scale=args.cfg, **extra)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._utils import as_tensor, check_int, check_positive, check_random_state_torch
-from ..diffusion.denoisers import _per_row_t, sinusoidal_embedding
+from ..diffusion.denoisers import per_row_t, sinusoidal_embedding
 
 __all__ = ["GuidedDenoiser", "draw_base_samples", "TimeMLP", "check_denoiser", "check_int", "noised_batch", "balanced_logistic_loss",
            "optimize"]
@@ -63,7 +63,7 @@ class GuidedDenoiser:
         eps = self.base.predict_eps(x, t, cond).to(x)  # (B, D)
         if self.scale == 0.0:
             return eps
-        tt = _per_row_t(t, x.shape[0], "cpu")  # (B,)
+        tt = per_row_t(t, x.shape[0], "cpu")  # (B,)
         sig = (1.0 - self.schedule.alpha_bars[tt]).sqrt().to(x)[:, None]  # (B, 1)
         g = self.guidance_grad(x, tt).to(x)  # (B, D)
         return eps - self.scale * sig * g

@@ -83,7 +83,7 @@ class DoobOracleDenoiser(GuidedDenoiser):
     def _noised_params(self, t: int):
         """Per timestep: log pi_k - logdet_k/2 (K,), means (K, D), precisions (K, D, D) of the noised base (float64)."""
         if t not in self._params:
-            m = self.base._noised(int(t))
+            m = self.base.noised_mixture(int(t))
             prec = np.linalg.inv(m.covariances)  # (K, D, D)
             _, logdet = np.linalg.slogdet(m.covariances)  # (K,)
             with np.errstate(divide="ignore"):

@@ -63,7 +63,7 @@ def eps_to_score(eps, alpha_bar):
     return -eps / (1 - ab).sqrt()
 
 
-def _per_row_t(t, B, device, schedule=None):
+def per_row_t(t, B, device, schedule=None):
     """Timesteps ``t`` (a scalar or ``B`` values) as a LongTensor ``(B,)``; validated against ``schedule`` if given."""
     tt = torch.as_tensor(t, dtype=torch.long) if schedule is None else schedule.check_timesteps(t, allow_clean=False)
     tt = tt.to(device)
@@ -112,7 +112,9 @@ class GMMDenoiser:
     #: noised mixtures kept (least recently used evicted): bounds memory at large ``D``
     cache_size = 64
 
-    def _noised(self, t: int):
+    def noised_mixture(self, t: int):
+        """The mixture noised to timestep ``t``, :math:`\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon`
+        (a :class:`~mmdguidance.gmm.GaussianMixture`; LRU-cached, at most :attr:`cache_size`)."""
         if t in self._cache:
             self._cache.move_to_end(t)
         else:
@@ -127,13 +129,13 @@ class GMMDenoiser:
         ``t``: one timestep or one per row, integers in ``[0, T-1]`` (else ``ValueError``).
         """
         x = as_tensor(x)
-        tt = _per_row_t(t, x.shape[0], "cpu", self.schedule)
+        tt = per_row_t(t, x.shape[0], "cpu", self.schedule)
         out = torch.empty_like(x)
         for tv in torch.unique(tt).tolist():
             rows = (tt == tv).nonzero().reshape(-1).to(x.device)
             ab = float(self.schedule.alpha_bars[tv])
             xs = x if rows.numel() == x.shape[0] else x[rows]
-            eps = -math.sqrt(1 - ab) * self._noised(int(tv)).score(xs)
+            eps = -math.sqrt(1 - ab) * self.noised_mixture(int(tv)).score(xs)
             if rows.numel() == x.shape[0]:
                 out = eps
             else:
@@ -188,7 +190,7 @@ class ConditionalGMMDenoiser:
         x = as_tensor(x)
         idx = self.assign(cond).to(x.device)
         out = torch.empty_like(x)
-        tt = _per_row_t(t, x.shape[0], "cpu")
+        tt = per_row_t(t, x.shape[0], "cpu")
         for k in torch.unique(idx).tolist():
             rows = (idx == k).nonzero().reshape(-1)
             out[rows] = self.members[k].predict_eps(x[rows], tt[rows.cpu()], None)
@@ -271,7 +273,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x, t, cond=None):
         B = x.shape[0]
-        tt = _per_row_t(t, B, x.device)
+        tt = per_row_t(t, B, x.device)
         te = self.tproj(sinusoidal_embedding(tt, self.time_embed_dim, self.schedule.num_train_timesteps).to(x.dtype))
         inp = x
         if self.cond_dim:
@@ -294,7 +296,7 @@ class MLPDenoiser(nn.Module):
             cond = as_tensor(cond).to(dtype=p.dtype, device=p.device)
             if cond.ndim != 2 or cond.shape[1] != self.cond_dim or cond.shape[0] != x.shape[0]:
                 raise ValueError(f"cond must have shape ({x.shape[0]}, {self.cond_dim}), got {tuple(cond.shape)}")
-        return self.forward(x, _per_row_t(t, x.shape[0], p.device, self.schedule), cond)
+        return self.forward(x, per_row_t(t, x.shape[0], p.device, self.schedule), cond)
 
     def fit(self, X, *, cond=None, epochs=200, batch_size=256, lr=2e-3, weight_decay=0.0, random_state=None, progress_bar=None):
         """Train on samples ``X`` of shape ``(n, dim)`` (and ``cond`` of shape ``(n, cond_dim)``).

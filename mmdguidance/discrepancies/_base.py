@@ -1,7 +1,7 @@
 """What the discrepancies of this package share: reference validation in ``fit`` and input validation.
 
 ``MMD`` (in :mod:`mmdguidance.mmd`) validates the same way; the weight check is its
-``_check_ref_weights`` (one implementation).
+``check_ref_weights`` (one implementation).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_array_2d
 from ..discrepancy import Discrepancy
-from ..mmd import _check_ref_weights
+from ..mmd import check_ref_weights
 
 
 class ReferenceDiscrepancy(Discrepancy):
@@ -31,7 +31,7 @@ class ReferenceDiscrepancy(Discrepancy):
         if weights is None:
             w = torch.full((N,), 1.0 / N, dtype=Y.dtype, device=Y.device)
         else:
-            w = _check_ref_weights(weights, N).to(dtype=Y.dtype, device=Y.device)
+            w = check_ref_weights(weights, N).to(dtype=Y.dtype, device=Y.device)
         self.reference_ = Y
         self.weights_ = w
         self.n_features_in_ = int(Y.shape[1])

@@ -31,7 +31,7 @@ from sklearn.base import clone
 
 from .._utils import check_positive
 from ..kernels import GaussianKernel, Kernel
-from ..mmd import _mmd2_grad, _ref_term
+from ..mmd import mmd2_grad_tensor, ref_term_tensor
 from ._base import ReferenceDiscrepancy, stack_memory
 
 __all__ = ["KernelEntropyDiversity"]
@@ -73,7 +73,7 @@ class KernelEntropyDiversity(ReferenceDiscrepancy):
             raise TypeError(f"kernel must be a mmdguidance Kernel, got {type(kernel).__name__}")
         Y = self._fit_references(X, weights, min_samples=2)
         self.kernel_ = clone(kernel).fit(Y)
-        self.ref_term_ = float(_ref_term(self.kernel_, Y, self.weights_, "biased"))
+        self.ref_term_ = float(ref_term_tensor(self.kernel_, Y, self.weights_, "biased"))
         return self
 
     def value_tensor(self, Z, *, references=None, memory=None):
@@ -85,10 +85,10 @@ class KernelEntropyDiversity(ReferenceDiscrepancy):
             if references is None:
                 (Y, w), ref = self.references(Z), self.ref_term_
             else:
-                (Y, w), ref = references, _ref_term(self.kernel_, references[0], references[1], "biased")
-            val = val + float(self.attraction) * (ref - 2.0 * self.kernel_._matvec(Zall, Y, w).sum() / n)
+                (Y, w), ref = references, ref_term_tensor(self.kernel_, references[0], references[1], "biased")
+            val = val + float(self.attraction) * (ref - 2.0 * self.kernel_.matvec_tensor(Zall, Y, w).sum() / n)
         if self.diversity:
-            K = self.kernel_._gram(Zall, Zall)  # (n, n)
+            K = self.kernel_.gram_tensor(Zall, Zall)  # (n, n)
             val = val + float(self.diversity) * torch.log((K * K).sum() / n**2)
         return val
 
@@ -97,11 +97,11 @@ class KernelEntropyDiversity(ReferenceDiscrepancy):
         g = torch.zeros_like(Z)
         if terms in ("full", "cross") and self.attraction:
             Y, w = self.references(Z) if references is None else references
-            g = g + float(self.attraction) * _mmd2_grad(self.kernel_, Z, Y, w, memory, "cross", "biased")
+            g = g + float(self.attraction) * mmd2_grad_tensor(self.kernel_, Z, Y, w, memory, "cross", "biased")
         if terms in ("full", "self") and self.diversity:
             Zall = stack_memory(Z, memory)  # (n, F)
             n = Zall.shape[0]
-            K = self.kernel_._gram(Zall, Zall)  # (n, n)
+            K = self.kernel_.gram_tensor(Zall, Zall)  # (n, n)
             S = (K * K).sum() / n**2  # mean k², the inverse RKE
-            g = g + float(self.diversity) * self.kernel_._grad(Z, Zall, (4.0 / n**2) * K[: Z.shape[0]]) / S
+            g = g + float(self.diversity) * self.kernel_.grad_tensor(Z, Zall, (4.0 / n**2) * K[: Z.shape[0]]) / S
         return g

@@ -1,6 +1,6 @@
 r"""Guided / unguided wall time and peak GPU memory of the diffusers adapter on SDXL- and PixArt-Σ-size denoisers.
 
-``python -m benchmarks bench_diffusers [--size=full|tiny] [--out=DIR]`` (or ``python -m benchmarks.bench_diffusers ...``)
+``python -m benchmarks time_diffusers [--size=full|tiny] [--out=DIR]`` (or ``python -m benchmarks.time_diffusers ...``)
 
 ``full`` (a GPU): the real SDXL-base UNet config (2.57 B parameters) and the real PixArt-Σ-XL-2-1024 transformer
 config (0.61 B), random weights in float16, 1024² images -> latents 4×128×128, batch 4, 50 steps, classifier-free
@@ -249,7 +249,7 @@ def run(size="tiny", device=None, models=("sdxl", "pixart"), out_dir=None):
             torch.cuda.empty_cache()
         if out_dir is not None:  # after each model, so a cut-off run keeps what it measured
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / f"bench_diffusers_{size}.json").write_text(json.dumps(results, indent=2))
+            (Path(out_dir) / f"time_diffusers_{size}.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -258,7 +258,7 @@ def main(argv=None):
     p.add_argument("--size", choices=tuple(SIZES), default=None, help="default: full on a GPU, tiny on CPU")
     p.add_argument("--quick", action="store_true", help="same as --size tiny")
     p.add_argument("--models", nargs="+", default=["sdxl", "pixart"])
-    p.add_argument("--out", default=None, help="write bench_diffusers.json here")
+    p.add_argument("--out", default=None, help="write time_diffusers.json here")
     a = p.parse_args(argv)
     size = "tiny" if a.quick else (a.size or ("full" if torch.cuda.is_available() else "tiny"))
     res = run(size, models=tuple(a.models), out_dir=a.out)
