@@ -248,3 +248,16 @@ def test_benchmarks_runner_help_lists_the_benchmarks():
     r = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "time_gradient" in r.stdout and "time_diffusers" in r.stdout
+
+
+def test_figures_skips_the_retraining_experiments(monkeypatch):
+    """`mmdguidance figures` must not retrain (and overwrite) the bundled pipeline; by name it still runs."""
+    import experiments
+
+    ran = []
+    monkeypatch.setattr(experiments, "load", lambda name: type("M", (), {"run": staticmethod(lambda **kw: ran.append(name))}))
+    assert cli.run_figures() == 0
+    assert "t2i_train" in experiments.EXPERIMENTS and "t2i_train" not in ran
+    assert ran == [n for n in experiments.EXPERIMENTS if n != "t2i_train"]
+    ran.clear()
+    assert cli.run_figures(["t2i_train"]) == 0 and ran == ["t2i_train"]
