@@ -366,7 +366,7 @@ class MMDGuidance:
 
     def _features(self, x, eps, ab):
         if self.evaluate_on == "x0" and ab < 1.0:
-            return (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), 1.0 / math.sqrt(ab)
+            return eps_to_x0(x, eps, ab), 1.0 / math.sqrt(ab)  # (B, D) Tweedie, d x0 / dx
         return x, 1.0
 
     # ------------------------------------------------------------------ before the step: through the prediction
