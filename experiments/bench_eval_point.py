@@ -5,9 +5,10 @@ with each evaluation point, each at every scale of the 11-point grid (``SCALES``
 comparable across evaluation points: x̂₀-space guidance moves x̂₀, which ε̂ then carries into the step).
 Same sampler (ancestral DDPM, 100 steps) and the same number of model evaluations for every arm (x̂₀ is
 computed from the model's ε̂ at the very point being stepped; ``'x0_jacobian'`` adds one backward pass).
-Development scenarios in 2-D, d = 8 and d = 32 (``KEYS``), seeds 0–1, n = 300; per scenario the ratio of
+Development scenarios in 2-D, d = 8, 32 and 256 (``KEYS``), seeds 0–1, n = 300; per scenario the ratio of
 exact MMD² to no guidance at each evaluation point's best scale (selected on the same seeds: optimistic
-for every arm alike).
+for every arm alike), and the one (point, scale) ``winner`` by the selection rule of ``bench_defaults``
+(geometric mean over the scenarios; protocol amendment 4 in docs/benchmark.md).
 
 Writes ``bench_eval_point.json`` / ``.png``.
 """
@@ -19,11 +20,11 @@ import numpy as np
 from ._benchmark import sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 from ._protocol import dev_scenarios, evaluate, references, run_parallel, sample_method
-from .bench_defaults import SAMPLING, mmd_kwargs, rank
+from .bench_defaults import SAMPLING, mmd_kwargs, pick, rank
 
 POINTS = ("xt", "x0", "x0_jacobian", "noised_refs")
 SCALES = tuple(0.025 * 2**k for k in range(11))  # 0.025 ... 25.6 (extended: x̂₀ optima were at 6.4)
-KEYS = ("dev_ring8_two", "dev_ring8_reweight", "dev_ring5_d8", "dev_ring12_d32")
+KEYS = ("dev_ring8_two", "dev_ring8_reweight", "dev_ring5_d8", "dev_ring12_d32", "dev_ring4_d256")  # d = 256: amendment 4
 SEEDS = (0, 1)
 N_SAMPLES = 300
 
@@ -69,9 +70,10 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0) ->
             best.setdefault(p, {})[k] = {"scale": float(cfg.split(" @ ")[1]), "ratio": ranking[cfg]["ratios"][k],
                                          "interior": scales[0] < float(cfg.split(" @ ")[1]) < scales[-1],
                                          **{m: float(np.mean([r[m] for r in runs])) for m in runs[0]}}
+    winner = pick(ranking)  # one (point, scale) configuration by the selection rule (amendment 4)
     out = {"name": "bench_eval_point", "config": config, "sampling": sampling, "seeds": seeds, "n": n,
            "scales": list(scales), "none": none_runs, "none_mean": none_mean, "table": table, "ranking": ranking,
-           "best": best}
+           "best": best, "winner": winner, "winner_interior": scales[0] < float(winner.split(" @ ")[1]) < scales[-1]}
     out["table_md"] = markdown(out)
     save_json(out, out_dir, "bench_eval_point")
     sync_doc_tables(out_dir, "bench_eval_point", {"table": out["table_md"]})

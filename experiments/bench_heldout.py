@@ -38,8 +38,9 @@ from ._protocol import (
 )
 from .bench_defaults import SAMPLING, mmd_kwargs
 
-METHODS = ("none", "mmd", "mmd_old", "classifier", "doob_matching", "oracle")
+METHODS = ("none", "mmd", "mmd_xt", "mmd_old", "classifier", "doob_matching", "oracle")
 LABELS = {"none": "no guidance", "mmd": "MMD guidance (new default)", "mmd_old": "MMD guidance (old default)",
+          "mmd_xt": "MMD guidance (span kernel on x_t)",
           "classifier": "classifier guidance", "doob_matching": "Doob's matching", "oracle": "Doob oracle"}
 FALLBACK = {"mmd": ("span/sample", 0.1), "classifier": 2.0, "doob_matching": 1.0}
 
@@ -51,6 +52,10 @@ def chosen_settings(out_dir) -> dict:
     if p.exists() and json.loads(p.read_text()).get("config") == "full":
         cand, scale = json.loads(p.read_text())["winner"].split(" @ ")
         out["mmd"] = (cand, float(scale))
+    p = Path(out_dir) / "bench_eval_point.json"
+    if p.exists() and json.loads(p.read_text()).get("config") == "full" and "winner" in json.loads(p.read_text()):
+        point, scale = json.loads(p.read_text())["winner"].split(" @ ")  # amendment 4: the evaluation point
+        out["mmd_point"] = (point, float(scale))
     p = Path(out_dir) / "bench_tune_baselines.json"
     if p.exists() and json.loads(p.read_text()).get("config") == "full":
         ch = json.loads(p.read_text())["chosen"]
@@ -60,6 +65,9 @@ def chosen_settings(out_dir) -> dict:
 
 def _tag(m: str, settings: dict) -> str:
     if m == "mmd":
+        point = "_".join(map(str, settings.get("mmd_point", ("xt",))))
+        return f"mmd_{settings['mmd'][0].replace('/', '-')}_{settings['mmd'][1]}_{point}"
+    if m == "mmd_xt":
         return f"mmd_{settings['mmd'][0].replace('/', '-')}_{settings['mmd'][1]}"
     return f"{m}_{settings[m]}" if m in ("classifier", "doob_matching") else m
 
@@ -67,8 +75,11 @@ def _tag(m: str, settings: dict) -> str:
 def _one(m, sc, refs, seed, n, sampling, settings):
     if m in ("none", "oracle"):
         return sample_method(m, sc, refs, seed, sampling=sampling, n=n)
-    if m == "mmd":
-        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs(*settings["mmd"], refs))
+    if m in ("mmd", "mmd_xt"):
+        kw = mmd_kwargs(*settings["mmd"], refs)
+        if m == "mmd" and "mmd_point" in settings:  # the evaluation point chosen by bench_eval_point
+            kw.update(evaluate_on=settings["mmd_point"][0], scale=settings["mmd_point"][1])
+        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=kw)
     if m == "mmd_old":
         return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs("median/batch", 0.2, refs))
     g = fit_baseline(m, sc, refs, seed)
@@ -131,13 +142,15 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0) ->
     n = 150 if fast else 1000
     settings = chosen_settings(out_dir)
     methods = ("none", "mmd", "oracle") if fast else METHODS
+    if "mmd_point" not in settings or settings["mmd_point"][0] == "xt":
+        methods = tuple(m for m in methods if m != "mmd_xt")  # the same arm as "mmd"
+    check_methods = tuple(m for m in ("none", "mmd", "mmd_xt", "mmd_old", "oracle") if m in methods or m == "mmd_old")
     jobs = [(k, s, n, 50, sampling, settings, methods, True) for k in keys for s in seeds]
     extra_keys = [] if fast else ["dev_ring4_d256"]
-    jobs += [(k, s, 300, 50, sampling, settings, ("none", "mmd", "mmd_old", "oracle"), False)
-             for k in extra_keys for s in seeds]
+    jobs += [(k, s, 300, 50, sampling, settings, check_methods, False) for k in extra_keys for s in seeds]
     res = dict(run_parallel(_job, jobs))
     table = _collect({k: v for k, v in res.items() if k[0] in keys}, keys, methods)
-    check = _collect({k: v for k, v in res.items() if k[0] in extra_keys}, extra_keys, ("none", "mmd", "mmd_old", "oracle"))
+    check = _collect({k: v for k, v in res.items() if k[0] in extra_keys}, extra_keys, check_methods)
     bias = _reweight_bias(scen, seeds, sampling, settings, n, fast)
     out = {"name": "bench_heldout", "config": config, "sampling": sampling, "seeds": seeds, "n": n, "settings": settings, "methods": list(methods),
            "floors": {k: iid_floor(scen[k], n) for k in keys}, "results": table, "d256_check": check,
@@ -184,7 +197,7 @@ def _plot(table, keys, methods, floors, out_dir):
     use_agg()
     import matplotlib.pyplot as plt
 
-    colors = {"none": "tab:blue", "mmd": "tab:green", "mmd_old": "tab:olive", "classifier": "tab:orange",
+    colors = {"none": "tab:blue", "mmd": "tab:green", "mmd_xt": "tab:cyan", "mmd_old": "tab:olive", "classifier": "tab:orange",
               "doob_matching": "tab:brown", "oracle": "tab:red"}
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):

@@ -47,9 +47,10 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
         Never copied by :func:`sklearn.base.clone`. ``evaluate_on='x0_jacobian'`` needs it differentiable.
     kernel : Kernel, default=GaussianKernel(bandwidth='span')
         Kernel on the samples (fitted on the references). The default multi-scale Gaussian spans the non-zero
-        reference distances (:func:`~mmdguidance.bandwidth.span_bandwidths`); with ``scale=0.1``,
-        ``step_rule='normalized'`` and 100 ancestral steps it was chosen on development scenarios only
-        (docs/benchmark.md, ``bench_defaults``) and evaluated on held-out ones (``bench_heldout``).
+        reference distances (:func:`~mmdguidance.bandwidth.span_bandwidths`). With ``step_rule='normalized'``,
+        100 ancestral steps, ``evaluate_on='noised_refs'`` and ``scale=0.4`` it was chosen on development
+        scenarios only (docs/benchmark.md: ``bench_defaults`` for kernel and step rule, ``bench_eval_point`` for
+        the evaluation point and scale, in 2-D to d = 256) and evaluated on held-out ones (``bench_heldout``).
     prompt_kernel : Kernel, optional
         Kernel on prompt embeddings. When given, guidance is prompt-aware:
         ``ProductKernel(first=kernel, second=prompt_kernel)`` on (sample, prompt) pairs,
@@ -100,9 +101,9 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
     #: (:func:`~mmdguidance.bandwidth.span_bandwidths`), chosen in docs/benchmark.md (``bench_defaults``)
     _default_bandwidth = "span"
 
-    def __init__(self, model=None, *, kernel=None, prompt_kernel=None, estimator="biased", discrepancy=None, scale=0.1,
+    def __init__(self, model=None, *, kernel=None, prompt_kernel=None, estimator="biased", discrepancy=None, scale=0.4,
                  step_rule="normalized", schedule="decreasing", window=(0.0, 0.8), every=1, terms="full",
-                 evaluate_on="xt", inner_steps=1, max_update_ratio=1.0, population="batch", memory_size=None,
+                 evaluate_on="noised_refs", inner_steps=1, max_update_ratio=1.0, population="batch", memory_size=None,
                  sampler="ddpm", num_steps=100, eta=0.0, diagnostics=True, random_state=None):
         self.model = model
         self.kernel = kernel
