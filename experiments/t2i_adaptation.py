@@ -13,12 +13,12 @@ Methods: ``none`` (the pipeline as is), ``mmd_xt`` / ``mmd_x0`` (the adapter's d
 kernel, median bandwidth, batch-normalised step, decreasing schedule over the first 80% of steps,
 all samples guided jointly), ``memory`` (x_t, batches of 8 with a memory bank of 64 finished latents),
 ``sequential`` (the authors' algorithm as the adapter can run it: one sample per call, memory bank of
-100 (sliding, not reset), cubic polynomial kernel, per-sample normalised step, guidance at every step;
-``memory`` and ``sequential`` run on DDIM only (CPU time).
+100 (sliding, not reset), cubic polynomial kernel, per-sample normalised step, guidance at every step).
+``mmd_x0`` guides the scheduler's own x̂₀ before each step, through the model prediction (docs/diffusers.md).
 
 Protocol: the guidance scale of each method is chosen from one grid on *development* seeds (DDIM),
 minimising the target-attribute error; the reported numbers use *held-out* seeds (same noise for every
-method), for DDIM and DPM-Solver++. Metrics per run: target-attribute error (total-variation distance
+method), for DDIM, DPM-Solver++, Euler, Euler ancestral and UniPC with the scales chosen on DDIM. Metrics per run: target-attribute error (total-variation distance
 between the read-out attribute frequencies and the target's, averaged over the task's attributes),
 prompt fidelity (share of images with the prompt's attributes), FD / KD / recall / coverage in the
 feature space of :func:`mmdguidance.t2i.features` against 500 fresh target images. Paired differences
@@ -43,9 +43,12 @@ from mmdguidance.t2i.score import features, read_attributes
 NAME = "t2i_adaptation"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 9: 2.262}
 CONFIGS = {
-    "full": dict(n=16, n_refs=32, steps=15, cfg=4.0, scales=(0.1, 0.2, 0.4), dev_seeds=(100,),
-                 test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc"), n_target=500,
-                 methods=("none", "mmd_xt", "mmd_x0", "memory", "sequential"), small_batch_schedulers=("ddim",)),
+    # one geometric grid for every method, wide enough that every method's optimum is interior: x_t guidance
+    # peaks near 0.1, guidance of the scheduler's x̂₀ through the model prediction is weaker per unit scale
+    "full": dict(n=16, n_refs=32, steps=15, cfg=4.0, scales=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8),
+                 dev_seeds=(100,), test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc"),
+                 n_target=500, methods=("none", "mmd_xt", "mmd_x0", "memory", "sequential"),
+                 small_batch_schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc")),
     "fast": dict(n=4, n_refs=4, steps=2, cfg=4.0, scales=(0.2,), dev_seeds=(100,), test_seeds=(0, 1),
                  schedulers=("ddim",), n_target=16, methods=("none", "mmd_xt", "memory"), small_batch_schedulers=("ddim",)),
 }
@@ -321,4 +324,27 @@ def markdown_tables(res: dict, metrics=("target_error", "prompt_fidelity", "kd",
                     cells.append(f"{v['mean']:.3g}" + (f" ({d['mean']:+.3g} [{d['ci95'][0]:+.3g}, {d['ci95'][1]:+.3g}])"
                                                        if d else ""))
                 lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_table(res: dict, a: str, b: str, metric: str = "target_error", schedulers=None) -> str:
+    """Paired held-out differences ``a - b`` of one metric, per scheduler (rows: tasks), ``mean [95% CI]``.
+
+    ``python -c "import json; from experiments.t2i_adaptation import compare_table as c;
+    print(c(json.load(open('paper_figures/t2i_adaptation.json')), 'mmd_x0', 'mmd_xt'))"``
+    """
+    scheds = [s for s in res["runs"] if schedulers is None or s in schedulers]
+    tasks = list(res["runs"][scheds[0]])
+    lines = [f"{metric}, {a} - {b} (paired over held-out seeds):\n", "| task | " + " | ".join(scheds) + " |",
+             "|---" * (len(scheds) + 1) + "|"]
+    for t in tasks:
+        cells = []
+        for s in scheds:
+            r = res["runs"][s][t]
+            if a not in r or b not in r:
+                cells.append("-")
+                continue
+            d = paired(r[a], r[b], metric)
+            cells.append(f"{d['mean']:+.3g} [{d['ci95'][0]:+.3g}, {d['ci95'][1]:+.3g}]")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
