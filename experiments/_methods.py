@@ -26,7 +26,7 @@ SAMPLER = "ddpm"
 
 #: the MMD guidance settings of these (pre-issue-13) experiments: the sampler's defaults at the time, pinned so
 #: that their committed JSON stays reproducible after the defaults changed (see bench_defaults / bench_heldout)
-PRE_ISSUE13_MMD = dict(kernel=GaussianKernel(bandwidth="median"), scale=0.2, step_rule="batch_normalized")
+PRE_ISSUE13_MMD = dict(kernel=GaussianKernel(bandwidth="median"), scale=0.2, step_rule="batch_normalized", evaluate_on="xt")
 
 #: baseline settings used throughout the benchmark (chosen once, see docs/benchmark.md)
 CLASSIFIER = dict(scale=2.0, objective="log_prob", steps=1000, batch_size=256, n_base_samples=2000)
@@ -71,7 +71,7 @@ def _none(model, sc, refs, n, seed, xT, mmd, num_steps):
 
 
 def _mmd(model, sc, refs, n, seed, xT, mmd, num_steps, **extra):
-    kw = dict(sampler=SAMPLER, num_steps=num_steps, **PRE_ISSUE13_MMD, **extra)
+    kw = {**PRE_ISSUE13_MMD, **extra, "sampler": SAMPLER, "num_steps": num_steps}
     kw.update(mmd or {})
     return MMDGuidedSampler(model, random_state=seed, **kw).fit(refs).sample(n, x_T=xT.numpy())
 

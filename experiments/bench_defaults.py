@@ -42,7 +42,8 @@ SAMPLING = dict(sampler="ddpm", num_steps=100)
 def mmd_kwargs(candidate: str, scale: float, refs) -> dict:
     """:class:`MMDGuidedSampler` keyword arguments of a candidate at a scale (the kernel resolved on ``refs``)."""
     kname, rule = CANDIDATES[candidate]
-    return dict(kernel=KERNELS[kname](refs), step_rule=rule, scale=float(scale))
+    # evaluated on x_t, as in the committed dev sweep (the evaluation point is chosen by bench_eval_point)
+    return dict(kernel=KERNELS[kname](refs), step_rule=rule, scale=float(scale), evaluate_on="xt")
 
 
 def _job(args):
