@@ -17,6 +17,8 @@ from mmdguidance.diffusion import GMMDenoiser, MLPDenoiser
 from mmdguidance.gmm import GaussianMixture
 from mmdguidance.sampler import MMDGuidedSampler
 
+from ._common import print_table
+
 
 def _ring(d=2, k=8):
     a = 2 * np.pi * np.arange(k) / k
@@ -47,11 +49,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     rows = run(n=100 if a.quick else 500, quick=a.quick)
-    print(f"### Batched vs sequential guidance ({rows[0]['n']} samples, 50 ancestral steps, 50 references, CPU)\n")
-    print("| denoiser | speedup (sequential / batched) | batched s | sequential s |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | **{r['speedup']:.1f}x** | {r['batch_s']:.2f} | {r['sequential_s']:.1f} |")
+    print_table(f"Batched vs sequential guidance ({rows[0]['n']} samples, 50 ancestral steps, 50 references, CPU)",
+                ("denoiser", "speedup (sequential / batched)", "batched s", "sequential s"),
+                [(str(r["model"]), f"**{r['speedup']:.1f}x**", f"{r['batch_s']:.2f}", f"{r['sequential_s']:.1f}") for r in rows])
     return rows
 
 

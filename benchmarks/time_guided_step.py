@@ -11,7 +11,7 @@ from mmdguidance.diffusion import MLPDenoiser
 from mmdguidance.diffusion.samplers import sample as run_sampler
 from mmdguidance.sampler import MMDGuidedSampler
 
-from ._common import median_time
+from ._common import median_time, print_table
 
 
 def run(B=256, N=256, D=64, num_steps=20, quick=False, min_run_time=1.0):
@@ -34,11 +34,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     rows = run(quick=a.quick, min_run_time=0.3 if a.quick else 1.0)
-    print("### Guided / unguided sampling time (MLP denoiser 3x256, B = N = 256, D = 64, 20 steps, guidance every step)\n")
-    print("| variant | ratio guided / unguided | guided ms | unguided ms |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | **{r['ratio']:.2f}x** | {r['guided_ms']:.1f} | {r['unguided_ms']:.1f} |")
+    print_table("Guided / unguided sampling time (MLP denoiser 3x256, B = N = 256, D = 64, 20 steps, guidance every step)",
+                ("variant", "ratio guided / unguided", "guided ms", "unguided ms"),
+                [(r["variant"], f"**{r['ratio']:.2f}x**", f"{r['guided_ms']:.1f}", f"{r['unguided_ms']:.1f}") for r in rows])
     return rows
 
 

@@ -14,7 +14,7 @@ import torch
 from mmdguidance.kernels import GaussianKernel
 from mmdguidance.mmd import MMD
 
-from ._common import median_time
+from ._common import median_time, print_table
 
 
 def run(B=256, N=256, dims=(64, 1024, 16384), min_run_time=0.5):
@@ -37,11 +37,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     rows = run(dims=(64, 1024) if a.quick else (64, 1024, 16384), min_run_time=0.2 if a.quick else 0.6)
-    print("### Closed-form gradient vs its two matrix products (B = N = 256, float32)\n")
-    print("| D | ratio gradient / products | gradient ms | products ms |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['D']} | **{r['ratio']:.2f}x** | {r['gradient_ms']:.3g} | {r['products_ms']:.3g} |")
+    print_table("Closed-form gradient vs its two matrix products (B = N = 256, float32)",
+                ("D", "ratio gradient / products", "gradient ms", "products ms"),
+                [(str(r["D"]), f"**{r['ratio']:.2f}x**", f"{r['gradient_ms']:.3g}", f"{r['products_ms']:.3g}") for r in rows])
     return rows
 
 
