@@ -205,6 +205,23 @@ def check_random_state_torch(random_state, device="cpu") -> torch.Generator:
     return g
 
 
+def derived_generator(generator: torch.Generator, salt: int = 0) -> torch.Generator:
+    """A new CPU ``torch.Generator`` seeded deterministically from ``generator``'s current state and ``salt``.
+
+    Nothing is drawn from ``generator``: a stream derived this way (e.g. the noise of the noised references)
+    leaves the parent's stream (e.g. a sampler's ancestral noise) exactly as it would be without it. The seed
+    is the first 63 bits of SHA-256(state bytes, salt).
+    """
+    import hashlib
+
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    digest = hashlib.sha256(generator.get_state().numpy().tobytes() + int(salt).to_bytes(8, "little", signed=True))
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1))
+    return g
+
+
 def progress(iterable, *, total: int | None = None, desc: str | None = None, enable: bool | None = None):
     """Wrap ``iterable`` in a tqdm progress bar when stderr is interactive.
 

@@ -15,7 +15,9 @@ where :math:`M` is an optional memory bank of earlier finished samples and :math
 
 * ``'xt'``          : :math:`f(x) = x`, the noisy sample against clean references (the paper);
 * ``'noised_refs'`` : :math:`f(x) = x` against references (and memory) noised to the same level,
-  :math:`\sqrt{\bar\alpha}\,y + \sqrt{1-\bar\alpha}\,\xi` with fresh :math:`\xi` each step.
+  :math:`\sqrt{\bar\alpha}\,y + \sqrt{1-\bar\alpha}\,\xi` (:func:`~mmdguidance.diffusion.noise_at`) with fresh
+  :math:`\xi` each step, drawn from the ``generator`` passed in (:class:`~mmdguidance.sampler.MMDGuidedSampler`
+  passes a stream of its own, derived from its seed, so the sampler's ancestral noise is untouched).
 
 The update is :math:`x_i \leftarrow x_i + \Delta_i`, :math:`\Delta` = :func:`~mmdguidance.step_rules.step_rule`
 of :math:`(x, g, \lambda_t)` with :math:`g_i = \nabla_{x_i}\mathcal D` and :math:`\lambda_t` = ``scale`` times the
@@ -64,6 +66,7 @@ from ._utils import check_int as _check_int
 from ._utils import logger
 from .bandwidth import negligible_share
 from .diffusion.denoisers import eps_to_x0, x0_to_eps
+from .diffusion.schedules import noise_at
 from .discrepancy import Discrepancy
 from .guidance_params import EVALUATE_ON, SCHEDULES, check_bool, validate_guidance_params
 from .guidance_params import check_window as _check_window
@@ -275,13 +278,13 @@ class MMDGuidance:
         return ab, lam, refs, memory, {"step": step, "t": _scalar(t), "applied": True, "lambda": lam}
 
     def _noise_refs(self, x, memory, ab, generator):
+        """References ``(N, F)`` (and memory ``(M, F)``) noised to ``ab`` in their sample columns (prompt columns kept)."""
         D = x.shape[1]
         Y, w = self.mmd.references(x)  # (N, F), (N,)
-        sa, sn = math.sqrt(ab), math.sqrt(1.0 - ab)
 
         def noisy(A):
-            xi = torch.randn(A.shape[0], D, generator=generator, dtype=A.dtype, device=A.device)
-            return torch.cat([sa * A[:, :D] + sn * xi, A[:, D:]], 1)
+            xi = torch.randn(A.shape[0], D, generator=generator, dtype=A.dtype, device=A.device)  # (., D)
+            return torch.cat([noise_at(A[:, :D], xi, ab), A[:, D:]], 1)
 
         return (noisy(Y), w), (None if memory is None else noisy(memory))
 

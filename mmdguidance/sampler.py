@@ -9,7 +9,10 @@ added to the corrector's model evaluation as well (the guidance term is held fix
 trapezoidal average carries the full shift and the corrector point is never guided separately.
 
 Seeds: ``random_state`` (constructor default, or per :meth:`MMDGuidedSampler.sample` call) seeds one
-``torch.Generator`` that draws the initial noise and then the sampler's noise.
+``torch.Generator`` that draws the initial noise and then the sampler's noise. The noise of the noised
+references (``evaluate_on='noised_refs'``) comes from a second generator derived from the first one's state
+at the start of :meth:`~MMDGuidedSampler.sample` (:func:`~mmdguidance._utils.derived_generator`, nothing drawn
+from the first), so a guided and an unguided run with the same seed share their initial and ancestral noise.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._guided_estimator import GuidedEstimatorBase
 from ._utils import check_array_2d, check_int, check_option, check_positive, check_random_state_torch, from_tensor
-from ._utils import model_dtype_device
+from ._utils import derived_generator, model_dtype_device
 from .diffusion.samplers import SAMPLERS
 from .diffusion.samplers import sample as run_sampler
 from .guidance import PRE_STEP, MMDGuidance
@@ -32,6 +35,7 @@ from .guidance import PRE_STEP, MMDGuidance
 __all__ = ["MMDGuidedSampler", "POPULATIONS"]
 
 POPULATIONS = ("batch", "sequential")
+_REF_NOISE_SALT = 1  # derived_generator salt of the noised-reference stream
 
 
 class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
@@ -242,6 +246,7 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
         self._validate()
         dtype, device = model_dtype_device(self.model, self.reference_)
         gen = check_random_state_torch(self.random_state if random_state is None else random_state, device="cpu")
+        ref_gen = derived_generator(gen, salt=_REF_NOISE_SALT)  # noised references: their own stream
         C, xT = self._sample_inputs(n, prompts, x_T, gen, dtype, device)
         sequential = self.population == "sequential"
         bs = 1 if sequential else (n if batch_size is None else check_int(batch_size, "batch_size", 1))
@@ -250,7 +255,7 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
         def run_batch(rows, guidance, memory):
             cb = None if C is None else C[rows]
             guided = not (sequential and memory is None) and self.scale > 0  # the authors' first sample is unguided
-            hooks = self._hooks(guidance, cb, memory) if guided else {}
+            hooks = self._hooks(guidance, cb, memory, ref_gen) if guided else {}
             res = run_sampler(self.model, xT[rows], sampler=self.sampler, num_steps=self.num_steps, eta=self.eta,
                               cond=cb, generator=gen, progress=False, **hooks)
             return res, (res if not self.prompt_aware else torch.cat([res, cb], 1)), {"guided": guided}
@@ -263,8 +268,10 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
             return result, self.diagnostics_
         return result
 
-    def _hooks(self, guidance: MMDGuidance, prompts, memory) -> dict:
-        """The sampler hooks of ``guidance``: ``{'pre_hook': ...}`` for x̂₀-space guidance, else ``{'hook': ...}``."""
+    def _hooks(self, guidance: MMDGuidance, prompts, memory, ref_gen) -> dict:
+        """The sampler hooks of ``guidance``: ``{'pre_hook': ...}`` for x̂₀-space guidance, else ``{'hook': ...}``.
+
+        ``ref_gen`` draws the noise of the noised references (never the sampler's own generator)."""
         prompts = prompts if self.prompt_aware else None
         if self.evaluate_on in PRE_STEP:
             model = self.model
@@ -276,13 +283,13 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
                         return model.predict_eps(y, info.t, info.cond)
                 return guidance.guide_eps(info.x, info.eps, step=info.step, num_steps=info.num_steps,
                                           alpha_bar=info.alpha_bar, eps_fn=eps_fn, prompts=prompts, memory=memory,
-                                          generator=info.generator, t=info.t)
+                                          generator=ref_gen, t=info.t)
 
             return {"pre_hook": pre_hook}
 
         def hook(info):
             return guidance(info.x, step=info.step, num_steps=info.num_steps, alpha_bar=info.alpha_bar_next,
-                            prompts=prompts, memory=memory, generator=info.generator, t=info.t_next)
+                            prompts=prompts, memory=memory, generator=ref_gen, t=info.t_next)
 
         return {"hook": hook}
 

@@ -47,6 +47,23 @@ def test_add_noise_moments():
     assert abs(float(xt.var()) - (1 - ab)) < 0.01
 
 
+def test_noise_at_is_the_forward_process_and_add_noise_uses_it():
+    from mmdguidance.diffusion import noise_at, x0_to_eps
+
+    sch = VPSchedule.linear()
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    xi = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    ab = float(sch.alpha_bars[400])
+    out = noise_at(x0, xi, ab)
+    assert torch.allclose(out, math.sqrt(ab) * x0 + math.sqrt(1 - ab) * xi, atol=1e-14, rtol=0)
+    assert torch.allclose(x0_to_eps(out, x0, ab), xi, atol=1e-10, rtol=0)  # its inverse recovers the noise
+    assert torch.equal(sch.add_noise(x0, 400, xi), noise_at(x0, xi, sch.alpha_bars[400]))
+    t = torch.tensor([0, 10, 200, 400, 600, 800, 999])  # one level per row
+    assert torch.equal(sch.add_noise(x0, t, xi), noise_at(x0, xi, sch.alpha_bars[t][:, None]))
+    assert torch.equal(noise_at(x0, xi, 1.0), x0)  # clean level
+
+
 def test_schedule_bad_input():
     with pytest.raises(ValueError, match="betas"):
         VPSchedule(betas=[0.1, 1.5])

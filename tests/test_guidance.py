@@ -141,6 +141,49 @@ def test_scale_zero_is_bit_identical_to_plain_sampler(setup, sampler):
     assert np.array_equal(out, plain.numpy())
 
 
+@pytest.mark.parametrize("scale", [0.0, 1e-300])
+def test_noised_refs_leave_the_ancestral_noise_alone(setup, scale):
+    # DDPM draws fresh noise every step; the noised references draw theirs from a stream of their own. With
+    # scale 0 no hook runs; with scale 1e-300 the guidance is active at every step of its window (the references
+    # are noised, the step rounds to nothing in float64): both must equal the unguided sampler bit for bit,
+    # which fails if the reference noise is drawn from the sampler's generator
+    base, target, refs, model = setup
+    xT = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain = run_sampler(model, xT.clone(), sampler="ddpm", num_steps=20, generator=11).numpy()
+    s = MMDGuidedSampler(model, scale=scale, evaluate_on="noised_refs", sampler="ddpm", num_steps=20).fit(refs)
+    out = s.sample(64, x_T=xT.numpy(), random_state=11)
+    assert np.array_equal(out, plain)
+    if scale > 0:
+        assert sum(d["applied"] for d in s.diagnostics_[0]["steps"]) == 16  # the window (0, 0.8) of 20 steps
+
+
+def test_noised_refs_same_seed_same_numbers(setup):
+    base, target, refs, model = setup
+    s = MMDGuidedSampler(model, evaluate_on="noised_refs", sampler="ddpm", num_steps=15).fit(refs)
+    a, b, c = (s.sample(40, random_state=r) for r in (4, 4, 5))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # the reference stream depends on the seed: same initial noise, other seed -> other references, other output
+    xT = np.random.default_rng(0).standard_normal((40, 2))
+    h = MMDGuidedSampler(model, evaluate_on="noised_refs", sampler="heun", num_steps=15).fit(refs)
+    assert not np.array_equal(h.sample(40, x_T=xT, random_state=4), h.sample(40, x_T=xT, random_state=5))
+    assert np.array_equal(h.sample(40, x_T=xT, random_state=4), h.sample(40, x_T=xT, random_state=4))
+
+
+def test_derived_generator_draws_nothing_from_its_parent():
+    from mmdguidance._utils import derived_generator
+
+    g = torch.Generator().manual_seed(3)
+    d1 = derived_generator(g, salt=1)
+    assert torch.equal(torch.randn(5, generator=g), torch.randn(5, generator=torch.Generator().manual_seed(3)))
+    h = torch.Generator().manual_seed(3)
+    d2, d3 = derived_generator(h, salt=1), derived_generator(h, salt=2)
+    x1, x2, x3 = (torch.randn(5, generator=d) for d in (d1, d2, d3))
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)  # deterministic in (state, salt)
+    assert not torch.equal(x1, torch.randn(5, generator=torch.Generator().manual_seed(3)))  # not the parent's stream
+    with pytest.raises(TypeError, match="torch.Generator"):
+        derived_generator(3)
+
+
 def test_guided_beats_unguided_on_ring(setup):
     """Issue criterion: >= 5x lower exact MMD^2 to the target, >= 95% of samples within 3 sigma of a target mode."""
     base, target, refs, model = setup

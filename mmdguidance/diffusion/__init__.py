@@ -10,10 +10,11 @@ from .denoisers import (
     x0_to_eps,
 )
 from .samplers import SAMPLERS, StepInfo, ddim_step, ddpm_step, euler_step, heun_step, sample
-from .schedules import VPSchedule
+from .schedules import VPSchedule, noise_at
 
 __all__ = [
     "VPSchedule",
+    "noise_at",
     "Denoiser",
     "GMMDenoiser",
     "ConditionalGMMDenoiser",

@@ -113,7 +113,7 @@ class GMMDenoiser:
     cache_size = 64
 
     def noised_mixture(self, t: int):
-        """The mixture noised to timestep ``t``, :math:`\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon`
+        r"""The mixture noised to timestep ``t``, :math:`\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon`
         (a :class:`~mmdguidance.gmm.GaussianMixture`; LRU-cached, at most :attr:`cache_size`)."""
         if t in self._cache:
             self._cache.move_to_end(t)

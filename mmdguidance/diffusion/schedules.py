@@ -14,7 +14,7 @@ import torch
 
 from .._utils import as_tensor
 
-__all__ = ["VPSchedule"]
+__all__ = ["VPSchedule", "noise_at"]
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -119,6 +119,28 @@ class VPSchedule:
     def add_noise(self, x0, t, noise):
         r""":math:`\sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\epsilon` with ``t`` an int or a per-row LongTensor."""
         ab = self.alpha_bar(t).to(dtype=x0.dtype, device=x0.device)
-        if ab.ndim == 1:
-            ab = ab[:, None]
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        return noise_at(x0, noise, ab[:, None] if ab.ndim == 1 else ab)
+
+
+def noise_at(x0, noise, alpha_bar):
+    r"""The forward process at a given noise level: :math:`\sqrt{\bar\alpha}\,x_0 + \sqrt{1-\bar\alpha}\,\xi`.
+
+    The one place the toolkit noises clean points (:meth:`VPSchedule.add_noise`, the noised references of
+    :class:`~mmdguidance.guidance.MMDGuidance`); :func:`~mmdguidance.diffusion.x0_to_eps` inverts it for :math:`\xi`.
+
+    Parameters
+    ----------
+    x0 : Tensor (B, D)
+        Clean points.
+    noise : Tensor (B, D)
+        :math:`\xi`, standard normal draws.
+    alpha_bar : float, 0-d Tensor or Tensor (B, 1)
+        :math:`\bar\alpha \in (0, 1]`, one level or one per row.
+
+    Returns
+    -------
+    Tensor (B, D)
+        In ``x0``'s dtype and device.
+    """
+    ab = torch.as_tensor(alpha_bar, dtype=x0.dtype, device=x0.device)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise.to(dtype=x0.dtype, device=x0.device)
