@@ -36,7 +36,7 @@ from ._protocol import (
     run_parallel,
     sample_method,
 )
-from .bench_defaults import SAMPLING, mmd_kwargs
+from .bench_defaults import FAST_SAMPLING, SAMPLING, mmd_kwargs
 
 METHODS = ("none", "mmd", "mmd_xt", "mmd_old", "classifier", "doob_matching", "oracle")
 LABELS = {"none": "no guidance", "mmd": "MMD guidance (new default)", "mmd_old": "MMD guidance (old default)",
@@ -138,7 +138,7 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0) ->
     scen = held_out_scenarios()
     keys = ["ho_grid9"] if fast else list(scen)
     seeds = [random_state + s for s in (HELD_OUT_SEEDS[:2] if fast else HELD_OUT_SEEDS[:3])]
-    sampling = dict(sampler="ddpm", num_steps=20) if fast else dict(SAMPLING)
+    sampling = dict(FAST_SAMPLING) if fast else dict(SAMPLING)
     n = 150 if fast else 1000
     settings = chosen_settings(out_dir)
     methods = ("none", "mmd", "oracle") if fast else METHODS
