@@ -46,7 +46,8 @@ def mmd_kwargs(candidate: str, scale: float, refs) -> dict:
     """:class:`MMDGuidedSampler` keyword arguments of a candidate at a scale (the kernel resolved on ``refs``)."""
     kname, rule = CANDIDATES[candidate]
     # evaluated on x_t, as in the committed dev sweep (the evaluation point is chosen by bench_eval_point)
-    return dict(kernel=KERNELS[kname](refs), step_rule=rule, scale=float(scale), evaluate_on="xt")
+    # diagnostics off: the per-step MMD² record costs one more kernel pass and changes no sample
+    return dict(kernel=KERNELS[kname](refs), step_rule=rule, scale=float(scale), evaluate_on="xt", diagnostics=False)
 
 
 def _job(args):
