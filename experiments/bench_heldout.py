@@ -1,14 +1,17 @@
-r"""Held-out evaluation of the defaults chosen on the development scenarios (issue 13).
+r"""Held-out evaluation of the defaults chosen on the development scenarios (issue 13, protocol amendment 5).
 
-Methods (pre-registered, docs/benchmark.md): no guidance; MMD guidance with the configuration chosen
-by ``bench_defaults`` (``mmd``) and with the previous default (median bandwidth, batch-normalised
-step, scale 0.2: ``mmd_old``); classifier guidance and Doob's matching at the scales chosen by
-``bench_tune_baselines``; the exact Doob oracle. Same initial noise per seed, ancestral DDPM with
-100 steps. Nothing here is tuned: the chosen settings are read from the committed dev JSONs.
+Methods (pre-registered, docs/benchmark.md): no guidance; MMD guidance with the configuration chosen on
+dev (``mmd``: the kernel and step rule of ``bench_defaults``, the evaluation point and scale of
+``bench_eval_point``: the library default); the other evaluation points (``mmd_xt``, ``mmd_x0``,
+``mmd_x0_jacobian``, ``mmd_noised_refs``, the winner's own point dropped), each at its own dev-chosen scale
+(``bench_eval_point``'s ``chosen_by_point``): the evaluation-point question on held-out targets at equal
+numbers of model evaluations; classifier guidance and Doob's matching at the scales chosen by
+``bench_tune_baselines``; the exact Doob oracle. Same initial noise per seed, the benchmark's sampler
+(``bench_defaults.SAMPLING``, Heun with 50 steps). Nothing here is tuned: the chosen settings are read from
+the committed dev JSONs.
 
-Also: re-weighting residual bias, the mode-weight TV of ``mmd`` with N = 50 and N = 500 references
-on the pure re-weighting target (``ho_pentagon_d4``), and a d = 256 check of the chosen configuration
-on ``dev_ring4_d256`` (a dev geometry, too costly to sweep).
+Also: re-weighting residual bias, the mode-weight TV of ``mmd`` with N = 50 and N = 500 references on the
+pure re-weighting target (``ho_pentagon_d4``).
 
 Writes ``bench_heldout.json`` / ``.png``: per scenario and method the runs, summaries, the i.i.d. floor
 and paired-seed 95% intervals of every method's MMD², W₂ and recall difference to ``mmd``.
@@ -38,50 +41,60 @@ from ._protocol import (
 )
 from .bench_defaults import FAST_SAMPLING, SAMPLING, mmd_kwargs
 
-METHODS = ("none", "mmd", "mmd_xt", "mmd_old", "classifier", "doob_matching", "oracle")
-LABELS = {"none": "no guidance", "mmd": "MMD guidance (new default)", "mmd_old": "MMD guidance (old default)",
-          "mmd_xt": "MMD guidance (span kernel on x_t)",
-          "classifier": "classifier guidance", "doob_matching": "Doob's matching", "oracle": "Doob oracle"}
-FALLBACK = {"mmd": ("span/sample", 0.1), "classifier": 2.0, "doob_matching": 1.0}
+POINTS = ("xt", "x0", "x0_jacobian", "noised_refs")
+METHODS = ("none", "mmd", *(f"mmd_{p}" for p in POINTS), "classifier", "doob_matching", "oracle")
+LABELS = {"none": "no guidance", "mmd": "MMD guidance (default)", "classifier": "classifier guidance",
+          "doob_matching": "Doob's matching", "oracle": "Doob oracle",
+          **{f"mmd_{p}": f"MMD guidance on {lbl}" for p, lbl in
+             zip(POINTS, ("x_t", "x̂₀", "x̂₀ (exact Jacobian)", "noised references"))}}
+N_SAMPLES = 2000
+FALLBACK = {"mmd": ("span/batch", 0.1), "mmd_point": ("noised_refs", 0.4), "points": {p: 0.4 for p in POINTS},
+            "classifier": 2.0, "doob_matching": 1.0}
 
 
 def chosen_settings(out_dir) -> dict:
-    """``{"mmd": (candidate, scale), "classifier": scale, "doob_matching": scale}`` from the dev JSONs (full runs)."""
+    """``{"mmd": (candidate, scale), "mmd_point": (point, scale), "points": {point: scale}, "classifier": scale,
+    "doob_matching": scale}`` from the dev JSONs (full runs; ``FALLBACK`` where one is missing)."""
     out = dict(FALLBACK)
-    p = Path(out_dir) / "bench_defaults.json"
-    if p.exists() and json.loads(p.read_text()).get("config") == "full":
-        cand, scale = json.loads(p.read_text())["winner"].split(" @ ")
+    d = _load(out_dir, "bench_defaults")
+    if d:
+        cand, scale = d["winner"].split(" @ ")
         out["mmd"] = (cand, float(scale))
-    p = Path(out_dir) / "bench_eval_point.json"
-    if p.exists() and json.loads(p.read_text()).get("config") == "full" and "winner" in json.loads(p.read_text()):
-        point, scale = json.loads(p.read_text())["winner"].split(" @ ")  # amendment 4: the evaluation point
+    d = _load(out_dir, "bench_eval_point")
+    if d and "chosen_by_point" in d:
+        point, scale = d["winner"].split(" @ ")
         out["mmd_point"] = (point, float(scale))
-    p = Path(out_dir) / "bench_tune_baselines.json"
-    if p.exists() and json.loads(p.read_text()).get("config") == "full":
-        ch = json.loads(p.read_text())["chosen"]
-        out.update({k: float(v["scale"]) for k, v in ch.items()})
+        out["points"] = {p: float(v) for p, v in d["chosen_by_point"].items()}
+    d = _load(out_dir, "bench_tune_baselines")
+    if d:
+        out.update({k: float(v["scale"]) for k, v in d["chosen"].items()})
     return out
 
 
+def _load(out_dir, name):
+    p = Path(out_dir) / f"{name}.json"
+    data = json.loads(p.read_text()) if p.exists() else None
+    return data if data and data.get("config") == "full" else None
+
+
+def _mmd_kw(m: str, settings: dict, refs) -> dict:
+    """:class:`MMDGuidedSampler` keyword arguments of the MMD arm ``m`` (``'mmd'`` or ``'mmd_<point>'``)."""
+    point, scale = settings["mmd_point"] if m == "mmd" else (m[4:], settings["points"][m[4:]])
+    return dict(mmd_kwargs(settings["mmd"][0], scale, refs), evaluate_on=point)
+
+
 def _tag(m: str, settings: dict) -> str:
-    if m == "mmd":
-        point = "_".join(map(str, settings.get("mmd_point", ("xt",))))
-        return f"mmd_{settings['mmd'][0].replace('/', '-')}_{settings['mmd'][1]}_{point}"
-    if m == "mmd_xt":
-        return f"mmd_{settings['mmd'][0].replace('/', '-')}_{settings['mmd'][1]}"
+    if m.startswith("mmd"):
+        point, scale = settings["mmd_point"] if m == "mmd" else (m[4:], settings["points"][m[4:]])
+        return f"mmd_{settings['mmd'][0].replace('/', '-')}_{point}_{scale}"
     return f"{m}_{settings[m]}" if m in ("classifier", "doob_matching") else m
 
 
 def _one(m, sc, refs, seed, n, sampling, settings):
     if m in ("none", "oracle"):
         return sample_method(m, sc, refs, seed, sampling=sampling, n=n)
-    if m in ("mmd", "mmd_xt"):
-        kw = mmd_kwargs(*settings["mmd"], refs)
-        if m == "mmd" and "mmd_point" in settings:  # the evaluation point chosen by bench_eval_point
-            kw.update(evaluate_on=settings["mmd_point"][0], scale=settings["mmd_point"][1])
-        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=kw)
-    if m == "mmd_old":
-        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=mmd_kwargs("median/batch", 0.2, refs))
+    if m.startswith("mmd"):
+        return sample_method("mmd", sc, refs, seed, sampling=sampling, n=n, mmd=_mmd_kw(m, settings, refs))
     g = fit_baseline(m, sc, refs, seed)
     g.scale = float(settings[m])
     return sample_method("guided", sc, refs, seed, sampling=sampling, n=n, fitted=g)
@@ -104,7 +117,7 @@ def _job(args):
     cache = os.environ.get("MMDG_CACHE")
     out = {}
     for m in methods:
-        path = Path(cache) / f"{key}_{seed}_{N}_{n}_{sampling['num_steps']}_{int(full)}_{_tag(m, settings)}.json" if cache else None
+        path = Path(cache) / f"{key}_{seed}_{N}_{n}_{sampling['sampler']}{sampling['num_steps']}_{int(full)}_{_tag(m, settings)}.json" if cache else None
         if path is not None and path.exists():
             out[m] = json.loads(path.read_text())
             continue
@@ -137,23 +150,17 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0) ->
     fast = config == "fast"
     scen = held_out_scenarios()
     keys = ["ho_grid9"] if fast else list(scen)
-    seeds = [random_state + s for s in (HELD_OUT_SEEDS[:2] if fast else HELD_OUT_SEEDS[:3])]
+    seeds = [random_state + s for s in (HELD_OUT_SEEDS[:2] if fast else HELD_OUT_SEEDS)]
     sampling = dict(FAST_SAMPLING) if fast else dict(SAMPLING)
-    n = 150 if fast else 1000
+    n = 150 if fast else N_SAMPLES
     settings = chosen_settings(out_dir)
-    methods = ("none", "mmd", "oracle") if fast else METHODS
-    if "mmd_point" not in settings or settings["mmd_point"][0] == "xt":
-        methods = tuple(m for m in methods if m != "mmd_xt")  # the same arm as "mmd"
-    check_methods = tuple(m for m in ("none", "mmd", "mmd_xt", "mmd_old", "oracle") if m in methods or m == "mmd_old")
+    methods = ("none", "mmd", "mmd_xt", "oracle") if fast else METHODS
+    methods = tuple(m for m in methods if m != f"mmd_{settings['mmd_point'][0]}")  # the default's own point: "mmd"
     jobs = [(k, s, n, 50, sampling, settings, methods, True) for k in keys for s in seeds]
-    extra_keys = [] if fast else ["dev_ring4_d256"]
-    jobs += [(k, s, 300, 50, sampling, settings, check_methods, False) for k in extra_keys for s in seeds]
-    res = dict(run_parallel(_job, jobs))
-    table = _collect({k: v for k, v in res.items() if k[0] in keys}, keys, methods)
-    check = _collect({k: v for k, v in res.items() if k[0] in extra_keys}, extra_keys, check_methods)
+    table = _collect(dict(run_parallel(_job, jobs)), keys, methods)
     bias = _reweight_bias(scen, seeds, sampling, settings, n, fast)
-    out = {"name": "bench_heldout", "config": config, "sampling": sampling, "seeds": seeds, "n": n, "settings": settings, "methods": list(methods),
-           "floors": {k: iid_floor(scen[k], n) for k in keys}, "results": table, "d256_check": check,
+    out = {"name": "bench_heldout", "config": config, "sampling": sampling, "seeds": seeds, "n": n, "settings": settings,
+           "methods": list(methods), "floors": {k: iid_floor(scen[k], n) for k in keys}, "results": table,
            "reweight_bias": bias}
     out["table_md"] = markdown(out)
     save_json(out, out_dir, "bench_heldout")
@@ -180,8 +187,8 @@ COLUMNS = (("exact_mmd2", "MMD²"), ("sliced_w2", "sliced W₂"), ("w2", "W₂")
 
 def markdown(out: dict) -> str:
     """Held-out table: mean ± std per method, the i.i.d. floor per scenario, and the paired 95% interval of
-    (no guidance − new MMD default) for MMD² (positive: MMD guidance is better)."""
-    head = "| scenario (floor) | method | " + " | ".join(lbl for _, lbl in COLUMNS) + " | Δ MMD² vs new default [95% CI] |"
+    (method − MMD default) for MMD² (positive: the default is better)."""
+    head = "| scenario (floor) | method | " + " | ".join(lbl for _, lbl in COLUMNS) + " | Δ MMD² vs default [95% CI] |"
     lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
     for key, res in out["results"].items():
         for m in out["methods"]:
@@ -197,8 +204,8 @@ def _plot(table, keys, methods, floors, out_dir):
     use_agg()
     import matplotlib.pyplot as plt
 
-    colors = {"none": "tab:blue", "mmd": "tab:green", "mmd_xt": "tab:cyan", "mmd_old": "tab:olive", "classifier": "tab:orange",
-              "doob_matching": "tab:brown", "oracle": "tab:red"}
+    colors = {"none": "tab:blue", "mmd": "tab:green", "mmd_xt": "tab:cyan", "mmd_x0": "tab:olive", "mmd_x0_jacobian": "tab:pink",
+              "mmd_noised_refs": "tab:purple", "classifier": "tab:orange", "doob_matching": "tab:brown", "oracle": "tab:red"}
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         s = table[key]["summary"]
