@@ -420,23 +420,26 @@ class GaussianKernel(Kernel):
     def _fit(self, Y):
         self.bandwidth_ = _resolve_bandwidth(self.bandwidth, self.multipliers, Y)
 
-    def _inv2s2(self, like):
-        return torch.as_tensor(1.0 / (2.0 * self.bandwidth_**2), dtype=like.dtype, device=like.device)  # (S,)
+    def _scale_sum(self, d2, coef):
+        r""":math:`\sum_s a_s \exp(-c_s d^2)` over the bandwidths, ``(n, m)``, one scale at a time (no ``(S, n, m)``
+        temporary; in place unless ``d2`` needs autograd); :math:`c_s = 1/(2\sigma_s^2)`, :math:`a_s` = ``coef(c_s)``."""
+        graph = d2.requires_grad
+        out, tmp = None, (None if graph else torch.empty_like(d2))
+        for c in (1.0 / (2.0 * np.asarray(self.bandwidth_, dtype=np.float64) ** 2)).tolist():
+            e = torch.exp(d2 * -c) if graph else torch.mul(d2, -c, out=tmp).exp_()  # (n, m)
+            if out is None:
+                out = e * coef(c)
+            else:
+                out = out + e * coef(c) if graph else out.add_(e, alpha=coef(c))
+        return out
 
     def _gram_block(self, X, Y):
         _, _, d2 = centred_sq_dists(X, Y)  # (n, m) float64, exact 0 on identical rows
-        c = self._inv2s2(d2)
-        if c.numel() == 1:
-            return torch.exp(-c[0] * d2).to(X.dtype)
-        return torch.exp(-d2[None] * c[:, None, None]).sum(0).to(X.dtype)
+        return self._scale_sum(d2, lambda c: 1.0).to(X.dtype)
 
     def _grad_block(self, X, Y, W):
         Xc, Yc, d2 = centred_sq_dists(X, Y)  # float64: (b, d), (m, d), (b, m)
-        c = self._inv2s2(d2)  # 1/(2 s^2)
-        if c.numel() == 1:
-            G = torch.exp(-c[0] * d2).mul_(2.0 * c[0])  # k / s^2
-        else:
-            G = (torch.exp(-d2[None] * c[:, None, None]) * (2.0 * c)[:, None, None]).sum(0)
+        G = self._scale_sum(d2, lambda c: 2.0 * c)  # sum_s k_s / s_s^2, (b, m)
         G = G.mul_(W.to(G.dtype)).masked_fill_(d2 == 0, 0.0)  # (b, m); identical rows contribute exactly 0
         # sum_j G_ij (y_j - x_i) = G Y - rowsum(G) x, on the centred float64 copies
         return torch.addmm(Xc, G, Yc, beta=0.0).sub_(G.sum(1, keepdim=True) * Xc).to(X.dtype)
