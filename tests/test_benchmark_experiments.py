@@ -216,6 +216,27 @@ def test_benchmark_sampler_is_the_oracle_floor_rules_choice():
     assert data["config"] == "full" and SAMPLING == data["chosen_sampling"]
 
 
+def test_library_defaults_are_the_benchmarks_dev_choice():
+    # MMDGuidedSampler's defaults are what the protocol chose on dev (the committed full-run JSONs): the benchmark's
+    # sampler, bench_defaults' kernel and step rule, bench_eval_point's evaluation point and scale
+    from pathlib import Path
+
+    from experiments.bench_defaults import CANDIDATES, SAMPLING
+    from mmdguidance import MMDGuidedSampler
+
+    figs = Path(__file__).resolve().parents[1] / "paper_figures"
+    defaults, point = (json.loads((figs / f"{n}.json").read_text()) for n in ("bench_defaults", "bench_eval_point"))
+    assert defaults["config"] == point["config"] == "full"
+    assert defaults["sampling"] == point["sampling"] == SAMPLING
+    params = MMDGuidedSampler().get_params()
+    assert {k: params[k] for k in SAMPLING} == SAMPLING
+    kernel, rule = CANDIDATES[defaults["winner"].split(" @ ")[0]]
+    assert point["candidate"] == defaults["winner"].split(" @ ")[0]
+    assert params["kernel"] is None and MMDGuidedSampler._default_bandwidth == kernel and params["step_rule"] == rule
+    where, scale = point["winner"].split(" @ ")
+    assert params["evaluate_on"] == where and params["scale"] == float(scale)
+
+
 @pytest.mark.slow
 def test_chosen_default_fixes_the_two_mode_ring_failure():
     # issue 13, item 1, at the dev-sweep settings (n = 300, DDPM 100, seed 0): the old default (median bandwidth,
