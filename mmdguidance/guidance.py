@@ -171,7 +171,7 @@ class MMDGuidance:
         One entry per guided (or skipped) step; read and clear it with :meth:`take_history`.
     """
 
-    def __init__(self, *, mmd, scale=0.4, step_rule="normalized", schedule="decreasing", window=(0.0, 0.8),
+    def __init__(self, *, mmd, scale=0.2, step_rule="batch_normalized", schedule="decreasing", window=(0.0, 0.8),
                  every=1, terms="full", evaluate_on="noised_refs", inner_steps=1, max_update_ratio=1.0, record=True):
         if not isinstance(mmd, Discrepancy):
             raise TypeError(f"mmd must be a fitted mmdguidance Discrepancy (MMD, RFFMMD, NystromMMD), got {type(mmd).__name__}")
