@@ -302,7 +302,7 @@ def test_guided_sampler_lowers_each_discrepancy(disc):
     angles = 2 * np.pi * np.arange(4) / 4
     base = GaussianMixture(weights=np.full(4, 0.25), means=3 * np.c_[np.cos(angles), np.sin(angles)], covariances=np.full(4, 0.1))
     refs = base.reweighted(np.array([1.0, 0, 0, 0])).sample(30, random_state=1)
-    kw = dict(num_steps=20, random_state=0, evaluate_on="xt", step_rule="batch_normalized")  # beyond_mmd's PINNED settings
+    kw = dict(sampler="ddpm", num_steps=20, random_state=0, evaluate_on="xt", step_rule="batch_normalized")  # beyond_mmd's PINNED settings
     guided = MMDGuidedSampler(GMMDenoiser(mixture=base), discrepancy=disc, scale=0.2, **kw).fit(refs)
     plain = MMDGuidedSampler(GMMDenoiser(mixture=base), discrepancy=disc, scale=0.0, **kw).fit(refs)
     X, X0 = guided.sample(200), plain.sample(200)
