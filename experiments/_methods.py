@@ -26,7 +26,8 @@ SAMPLER = "ddpm"
 
 #: the MMD guidance settings of these (pre-issue-13) experiments: the sampler's defaults at the time, pinned so
 #: that their committed JSON stays reproducible after the defaults changed (see bench_defaults / bench_heldout)
-PRE_ISSUE13_MMD = dict(kernel=GaussianKernel(bandwidth="median"), scale=0.2, step_rule="batch_normalized", evaluate_on="xt")
+PRE_ISSUE13_MMD = dict(kernel=GaussianKernel(bandwidth="median"), scale=0.2, step_rule="batch_normalized", evaluate_on="xt",
+                       schedule="decreasing", window=(0.0, 0.8))
 
 #: baseline settings used throughout the benchmark (chosen once, see docs/benchmark.md)
 CLASSIFIER = dict(scale=2.0, objective="log_prob", steps=1000, batch_size=256, n_base_samples=2000)

@@ -119,6 +119,41 @@ def held_out_scenarios() -> dict[str, Scenario]:
     return {s.key: s for s in out}
 
 
+def _random_means(k: int, dim: int, spread: float, std: float, seed: int) -> GaussianMixture:
+    """``k`` equal-weight modes with means ``spread * N(0, I_dim)`` (seeded) and isotropic std."""
+    means = spread * np.random.default_rng(seed).standard_normal((k, dim))  # (k, dim)
+    return GaussianMixture(weights=np.full(k, 1 / k), means=means, covariances=np.full(k, std**2))
+
+
+def dev_scenarios_hd() -> dict[str, Scenario]:
+    """High-dimensional random-mean dev scenarios (protocol amendment 7; dev only, chosen on)."""
+    out = [
+        Scenario("dev_random3_d64", _random_means(3, 64, 2.0, 0.3, 21), _weights(3, {0: 0.7, 2: 0.3}), 300),
+        Scenario("dev_random5_d32", _random_means(5, 32, 2.5, 0.4, 23), _weights(5, {1: 0.5, 3: 0.5}), 300),
+    ]
+    return {s.key: s for s in out}
+
+
+def held_out_v2_scenarios() -> dict[str, Scenario]:
+    """Held-out set v2 (protocol amendment 7): run once, for the winner of ``bench_window``; never chosen on."""
+    a = 2 * np.pi * np.arange(6) / 6
+    hexagon = GaussianMixture(weights=np.full(6, 1 / 6), means=3.0 * np.c_[np.cos(a), np.sin(a)],
+                              covariances=np.full(6, 0.3**2))
+    out = [
+        Scenario("ho2_hexagon", hexagon, _weights(6, {0: 0.5, 2: 0.3, 4: 0.2}), 1000),
+        Scenario("ho2_ring7_d12", _ring(7, 3.0, 0.35, 12), np.array([0.3, 0.25, 0.15, 0.1, 0.1, 0.05, 0.05]), 1000),
+        Scenario("ho2_random8_d24", _random_means(8, 24, 3.0, 0.5, 43), _weights(8, {1: 0.4, 2: 0.3, 5: 0.3}), 1000),
+        Scenario("ho2_random4_d48", _random_means(4, 48, 2.5, 0.4, 41), _weights(4, {0: 0.6, 3: 0.4}), 1000),
+        Scenario("ho2_random3_d96", _random_means(3, 96, 1.8, 0.25, 45), _weights(3, {0: 0.5, 1: 0.5}), 1000),
+    ]
+    return {s.key: s for s in out}
+
+
+def all_scenarios() -> dict[str, Scenario]:
+    """Every protocol scenario by key (dev, high-dimensional dev, held-out v1 and v2)."""
+    return {**dev_scenarios(), **dev_scenarios_hd(), **held_out_scenarios(), **held_out_v2_scenarios()}
+
+
 # --------------------------------------------------------------------------- draws
 def references(sc: Scenario, seed: int, N: int = N_REFS) -> np.ndarray:
     """``(N, d)`` references: i.i.d. target draws, or ``N / duplicates`` draws each repeated ``duplicates`` times."""

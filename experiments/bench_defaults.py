@@ -47,7 +47,9 @@ def mmd_kwargs(candidate: str, scale: float, refs) -> dict:
     kname, rule = CANDIDATES[candidate]
     # evaluated on x_t, as in the committed dev sweep (the evaluation point is chosen by bench_eval_point)
     # diagnostics off: the per-step MMD² record costs one more kernel pass and changes no sample
-    return dict(kernel=KERNELS[kname](refs), step_rule=rule, scale=float(scale), evaluate_on="xt", diagnostics=False)
+    # window (0, 0.8): the window of every run before amendment 7 (bench_window re-chose it; it passes its own)
+    return dict(kernel=KERNELS[kname](refs), step_rule=rule, scale=float(scale), evaluate_on="xt", window=(0.0, 0.8),
+                diagnostics=False)
 
 
 def _job(args):

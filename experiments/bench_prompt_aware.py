@@ -74,7 +74,7 @@ def _prompts(n_each, seed):
 
 def _sample(method, model, refs, Prefs, Psamp, xT, seed, cfg, prompt_bw=None):
     kw = dict(scale=cfg["scale"], sampler="ddpm", num_steps=50, random_state=seed, step_rule="batch_normalized",
-              evaluate_on="xt")  # the settings of the committed run
+              evaluate_on="xt", window=(0.0, 0.8))  # the settings of the committed run
     with quiet():
         if method == "none":
             return run_sampler(model, xT, sampler="ddpm", num_steps=50, cond=torch.as_tensor(Psamp), generator=seed).numpy()

@@ -52,10 +52,12 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
     kernel : Kernel, default=GaussianKernel(bandwidth='span')
         Kernel on the samples (fitted on the references). The default multi-scale Gaussian spans the non-zero
         reference distances (:func:`~mmdguidance.bandwidth.span_bandwidths`). With ``step_rule='batch_normalized'``,
-        ``evaluate_on='noised_refs'``, ``scale=0.2`` and Heun with 50 steps it was chosen on development scenarios
-        only (docs/benchmark.md, protocol amendment 5: ``bench_defaults`` for kernel and step rule,
-        ``bench_eval_point`` for the evaluation point and scale, in 2-D to d = 256) and evaluated on held-out ones
-        (``bench_heldout``).
+        ``evaluate_on='noised_refs'``, ``scale=0.4``, ``window=(0, 0.65)`` and Heun with 50 steps it was chosen on
+        development scenarios only (docs/benchmark.md, protocol amendments 5 and 7: ``bench_defaults`` for kernel and
+        step rule, ``bench_eval_point`` for the evaluation point, ``bench_window`` for the window and scale, in 2-D to
+        d = 256, with a recall condition) and evaluated on held-out ones (``bench_heldout``, ``bench_window``).
+        Guiding later than 0.65 of the steps under the deterministic sampler threw samples off the support in
+        d = 32-128 (``bench_window``).
     prompt_kernel : Kernel, optional
         Kernel on prompt embeddings. When given, guidance is prompt-aware:
         ``ProductKernel(first=kernel, second=prompt_kernel)`` on (sample, prompt) pairs,
@@ -109,8 +111,8 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
     #: (:func:`~mmdguidance.bandwidth.span_bandwidths`), chosen in docs/benchmark.md (``bench_defaults``)
     _default_bandwidth = "span"
 
-    def __init__(self, model=None, *, kernel=None, prompt_kernel=None, estimator="biased", discrepancy=None, scale=0.2,
-                 step_rule="batch_normalized", schedule="decreasing", window=(0.0, 0.8), every=1, terms="full",
+    def __init__(self, model=None, *, kernel=None, prompt_kernel=None, estimator="biased", discrepancy=None, scale=0.4,
+                 step_rule="batch_normalized", schedule="decreasing", window=(0.0, 0.65), every=1, terms="full",
                  evaluate_on="noised_refs", inner_steps=1, max_update_ratio=1.0, population="batch", memory_size=None,
                  sampler="heun", num_steps=50, eta=0.0, diagnostics=True, random_state=None):
         self.model = model

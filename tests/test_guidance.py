@@ -154,7 +154,8 @@ def test_noised_refs_leave_the_ancestral_noise_alone(setup, scale):
     out = s.sample(64, x_T=xT.numpy(), random_state=11)
     assert np.array_equal(out, plain)
     if scale > 0:
-        assert sum(d["applied"] for d in s.diagnostics_[0]["steps"]) == 16  # the window (0, 0.8) of 20 steps
+        # the default window of 20 steps: p = step / 19 within (0, window end)
+        assert sum(d["applied"] for d in s.diagnostics_[0]["steps"]) == sum(k / 19 <= s.window[1] for k in range(20))
 
 
 def test_noised_refs_same_seed_same_numbers(setup):
@@ -186,8 +187,10 @@ def test_derived_generator_draws_nothing_from_its_parent():
 
 def test_guided_beats_unguided_on_ring(setup):
     """The defaults against the unguided sampler with the same (default) sampler settings and initial noise:
-    >= 5x lower exact MMD^2 to the target, >= 85% of samples within 3 sigma of a target mode (the rest stay at
-    unreferenced modes: about 1 in 10 at these defaults, docs/guide.md), and no collapse of the target modes."""
+    >= 5x lower exact MMD^2 to the target (5.4x measured), >= 80% of samples within 3 sigma of a target mode (the
+    rest stay at unreferenced modes: about 1 in 6 at these defaults; the amendment-7 window (0, 0.65) trades this
+    2-D strength for staying on the support in high dimension, window (0, 0.8) at scale 0.2 gives 33x and 89%,
+    docs/benchmark.md), and no collapse of the target modes."""
     base, target, refs, model = setup
     n = 400
     xT = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -197,7 +200,7 @@ def test_guided_beats_unguided_on_ring(setup):
     m_u, m_g = mmd2_to_mixture(unguided, target, 1.0), mmd2_to_mixture(guided, target, 1.0)
     assert m_u / m_g >= 5.0
     d = np.linalg.norm(guided[:, None] - base.means[None, [0, 1, 2]], axis=-1).min(1)
-    assert np.mean(d <= 3 * 0.25) >= 0.85
+    assert np.mean(d <= 3 * 0.25) >= 0.80
     # within-mode spread is kept (no collapse onto curves): smallest covariance eigenvalue per target mode above
     # half the mode's variance (the unguided Heun-50 sampler itself gives about 0.8)
     nearest = np.linalg.norm(guided[:, None] - base.means[None], axis=-1).argmin(1)
@@ -257,7 +260,7 @@ def test_diagnostics_and_mmd_decreases(setup):
     X = s.sample(100)
     steps = s.diagnostics_[0]["steps"]
     applied = [d for d in steps if d["applied"]]
-    assert len(steps) == 20 and len(applied) == 16  # default window (0, 0.8): p = step/19 <= 0.8
+    assert len(steps) == 20 and len(applied) == sum(k / 19 <= s.window[1] for k in range(20))  # default window
     assert all({"mmd2", "grad_norm", "step_size", "lambda", "n_clipped"} <= set(d) for d in applied)
     assert applied[-1]["mmd2"] < applied[0]["mmd2"]
     assert s.diagnostics_ is not None and s.score(X) < s.score(run_sampler(model, n=100, generator=0).numpy())
@@ -371,8 +374,9 @@ def test_x0_is_the_exact_posterior_mean_at_the_guided_point(setup, sampler, eta,
     calls, guide_spy = _spy_x0(s)
     monkeypatch.setattr(MMDGuidance, "guide_eps", guide_spy)
     s.sample(64)
-    assert len(calls) == 80  # window (0, 0.8) of the default 100 steps
-    for k in (0, 40, 79):  # first, middle and last guided steps
+    n_guided = sum(k / 99 <= s.window[1] for k in range(100))  # the default window of 100 steps
+    assert len(calls) == n_guided
+    for k in (0, n_guided // 2, n_guided - 1):  # first, middle and last guided steps
         x, t, z = calls[k]
         exact = model.predict_x0(x, t)
         torch.testing.assert_close(z, exact, rtol=0, atol=1e-6)
