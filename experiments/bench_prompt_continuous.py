@@ -35,7 +35,7 @@ from mmdguidance.metrics import exact_mmd2_to_mixture, mode_coverage, mode_weigh
 
 from ._benchmark import quiet, sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
-from ._protocol import initial_noise, paired_ci, score
+from ._protocol import choose_on_grid, initial_noise, paired_ci, score
 
 NAME = "bench_prompt_continuous"
 N_MODES, RADIUS, STD, KAPPA = 12, 4.0, 0.25, 3.0
@@ -226,33 +226,16 @@ def _dev_score(runs, arm, scale, bw, none_mean):
             "mean_exact_mmd2": float(m.mean())}
 
 
-def _extend(grid, value):
-    """Grid extended by one ×2 step on the side where ``value`` sits (None if ``value`` is interior)."""
-    if len(grid) > 1 and value == grid[0]:
-        return [grid[0] / 2] + grid
-    if len(grid) > 1 and value == grid[-1]:
-        return grid + [grid[-1] * 2]
-    return None
-
-
 def choose(runs, arm, none_mean) -> dict:
     """The dev choice of ``arm``'s scale (and σ_T): the lowest selection score among eligible points (far ≤ 1%),
-    the grids extended by ×2 steps while the optimum sits on an edge (at most ``max_extensions`` times)."""
+    the grids extended by ×2 steps while the optimum sits on an edge (:func:`~experiments._protocol.choose_on_grid`)."""
     cfg = runs.cfg
-    scales, bws = list(cfg["scales"]), (list(cfg["prompt_bws"]) if arm == "product" else [None])
-    extensions = []
-    for it in range(cfg["max_extensions"] + 1):
-        grid = [_dev_score(runs, arm, s, b, none_mean) for b in bws for s in scales]
-        best = min([g for g in grid if g["max_far"] <= 0.01] or grid, key=lambda g: g["score"])
-        new_s = _extend(scales, best["scale"])
-        new_b = _extend(bws, best["prompt_bw"]) if arm == "product" else None
-        interior = new_s is None and new_b is None
-        if interior or it == cfg["max_extensions"]:
-            break
-        extensions.append({"scales": new_s, "prompt_bws": new_b})
-        scales, bws = new_s or scales, new_b or bws
-    return {"best": best, "grid": grid, "scales": scales, "prompt_bws": bws, "extensions": extensions,
-            "interior": bool(interior)}
+    grids = {"prompt_bw": list(cfg["prompt_bws"]) if arm == "product" else [None], "scale": list(cfg["scales"])}
+    res = choose_on_grid(lambda p: _dev_score(runs, arm, p["scale"], p["prompt_bw"], none_mean), grids,
+                         max_extensions=cfg["max_extensions"])
+    ext = [{"scales": e.get("scale"), "prompt_bws": e.get("prompt_bw")} for e in res["extensions"]]
+    return {"best": res["best"], "grid": res["grid"], "scales": res["grids"]["scale"],
+            "prompt_bws": res["grids"]["prompt_bw"], "extensions": ext, "interior": res["interior"]}
 
 
 def _summary(runs, arm, seeds, kw) -> dict:

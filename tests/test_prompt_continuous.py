@@ -156,3 +156,29 @@ def test_bench_prompt_continuous_fast(tmp_path):
     for key, (m, lo, hi) in data["paired_ci_exact_mmd2"].items():
         assert lo <= m <= hi, key
     assert "i.i.d. floor" in data["table_md"] and data["iid_floor"] > 0
+
+
+# ------------------------------------------------------------------ grid selection with edge extension (_protocol)
+def test_choose_on_grid_extends_until_the_optimum_is_interior():
+    from experiments._protocol import choose_on_grid, extend_grid
+
+    assert extend_grid([1.0, 2.0, 4.0], 1.0) == [0.5, 1.0, 2.0, 4.0]
+    assert extend_grid([1.0, 2.0, 4.0], 4.0, factor=10.0) == [1.0, 2.0, 4.0, 40.0]
+    assert extend_grid([1.0, 2.0, 4.0], 2.0) is None and extend_grid([None], None) is None
+    calls = []
+
+    def evaluate(p):  # minimum at scale 16, prompt_bw 0.25; far > 1% above scale 20
+        calls.append(p)
+        return {"score": (np.log2(p["scale"]) - 4) ** 2 + (np.log2(p["bw"]) + 2) ** 2, "max_far": float(p["scale"] > 20)}
+
+    res = choose_on_grid(evaluate, {"bw": [1.0, 2.0], "scale": [1.0, 2.0, 4.0]}, max_extensions=5)
+    assert res["interior"] and res["best"]["scale"] == 16.0 and res["best"]["bw"] == 0.25
+    assert res["grids"]["scale"] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] and res["grids"]["bw"][0] == 0.125
+    assert len(res["extensions"]) == 3 and len(res["grid"]) == 5 * 6
+    # capped: the optimum stays on the edge and is reported as such
+    capped = choose_on_grid(evaluate, {"bw": [0.25], "scale": [1.0, 2.0]}, max_extensions=1)
+    assert not capped["interior"] and capped["best"]["scale"] == 4.0
+    # ineligible points (far > 1%) are not chosen even when their score is lower
+    far = choose_on_grid(lambda p: {"score": -p["s"], "max_far": float(p["s"] > 2)}, {"s": [1.0, 2.0, 4.0]},
+                         max_extensions=0)
+    assert far["best"]["s"] == 2.0
