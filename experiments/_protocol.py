@@ -310,7 +310,8 @@ def choose_on_grid(evaluate, grids: dict, *, factors: dict | None = None, max_ex
     extensions = []
     for it in range(max_extensions + 1):
         rows = [{**p, **evaluate(p)} for p in (dict(zip(grids, vals)) for vals in itertools.product(*grids.values()))]
-        best = min([r for r in rows if r["max_far"] <= max_far] or rows, key=lambda r: r["score"])
+        # eligibility with a tolerance: a fraction like 2/200 must not fail "<= 1%" by float round-off
+        best = min([r for r in rows if r["max_far"] <= max_far + 1e-9] or rows, key=lambda r: r["score"])
         new = {k: extend_grid(g, best[k], factors.get(k, 2.0)) for k, g in grids.items()}
         interior = all(v is None for v in new.values())
         if interior or it == max_extensions:

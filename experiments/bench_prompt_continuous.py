@@ -252,7 +252,7 @@ def _dev_score(runs, arm, scale, bw, none_mean):
     seeds = runs.cfg["dev_seeds"]
     m = runs.per_prompt_mean(arm, seeds, scale=scale, prompt_bw=bw)
     far = float(runs.per_prompt_mean(arm, seeds, "frac_far", scale=scale, prompt_bw=bw).max())
-    return {"scale": scale, "prompt_bw": bw, "score": score(dict(enumerate(m / none_mean))), "max_far": far, "eligible": far <= 0.01,
+    return {"scale": scale, "prompt_bw": bw, "score": score(dict(enumerate(m / none_mean))), "max_far": far, "eligible": far <= 0.01 + 1e-9,
             "mean_exact_mmd2": float(m.mean())}
 
 
@@ -449,5 +449,45 @@ def posthoc_unconstrained(out_dir="paper_figures") -> dict:
                     "paired_ci_exact_mmd2": {f"product_unconstrained - {a}": paired_ci(mm, v["per_seed"]["exact_mmd2"])
                                              for a, v in data["heldout"].items()}}}
     data["step_guard"] = step_guard_check()
+    save_json(data, out_dir, NAME)
+    return data
+
+
+def posthoc_rounding_fix(out_dir="paper_figures") -> dict:
+    """Amendment (after the run): the far ≤ 1% rule with a round-off tolerance.
+
+    In the committed run a far fraction of exactly 1% (e.g. 2 of 200 samples) computed as 0.010000000000000009 and
+    failed the rule. This re-applies :func:`~experiments._protocol.choose_on_grid` (now tolerant) to the stored dev
+    grids of the two arms whose choice changes (interpolated, product), evaluating only new grid points (the product
+    kernel's σ_T grid is extended if the new optimum is on its edge, within the protocol's 3 extensions), and reports
+    the new choices on the held-out seeds. Adds ``posthoc_rounding`` to the JSON
+    (``python -c "from experiments.bench_prompt_continuous import posthoc_rounding_fix as f; f()"``).
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(out_dir) / f"{NAME}.json"
+    data = json.loads(path.read_text())
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"].items()}
+    runs, none_dev = _Runs(cfg), np.asarray(data["none_dev_per_prompt"])
+    out = {}
+    for arm in ("interpolated", "product"):
+        c = data["chosen"][arm]
+        stored = {(r["prompt_bw"], r["scale"]): r for r in c["grid"]}
+
+        def evaluate(p, arm=arm, stored=stored):
+            r = stored.get((p["prompt_bw"], p["scale"]))
+            return r if r is not None else _dev_score(runs, arm, p["scale"], p["prompt_bw"], none_dev)
+
+        res = choose_on_grid(evaluate, {"prompt_bw": c["prompt_bws"], "scale": c["scales"]},
+                             max_extensions=max(0, 3 - len(c["extensions"])))
+        kw = {"scale": res["best"]["scale"], "prompt_bw": res["best"]["prompt_bw"]}
+        h = _summary(runs, arm, cfg["heldout_seeds"], kw)
+        mm = h["per_seed"]["exact_mmd2"]
+        out[arm] = {**kw, "dev_score": res["best"]["score"], "dev_max_far": res["best"]["max_far"],
+                    "interior": res["interior"], "grids": res["grids"], "extensions": res["extensions"], "heldout": h,
+                    "paired_ci_exact_mmd2": {f"{arm}_fixed - {a}": paired_ci(mm, v["per_seed"]["exact_mmd2"])
+                                             for a, v in data["heldout"].items()}}
+    data["posthoc_rounding"] = out
     save_json(data, out_dir, NAME)
     return data
