@@ -182,3 +182,9 @@ def test_choose_on_grid_extends_until_the_optimum_is_interior():
     far = choose_on_grid(lambda p: {"score": -p["s"], "max_far": float(p["s"] > 2)}, {"s": [1.0, 2.0, 4.0]},
                          max_extensions=0)
     assert far["best"]["s"] == 2.0
+    # a fraction of exactly 1% that round-off puts a hair above 0.01 (2/200 averaged) is eligible
+    one_percent = float(np.mean([1 - 0.98, 0.0]))  # 0.010000000000000009, as in the committed run
+    assert one_percent > 0.01
+    edge = choose_on_grid(lambda p: {"score": -p["s"], "max_far": one_percent if p["s"] == 4 else 0.0},
+                          {"s": [1.0, 2.0, 4.0]}, max_extensions=0)
+    assert edge["best"]["s"] == 4.0
