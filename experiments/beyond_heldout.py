@@ -110,8 +110,16 @@ def copying(X: np.ndarray, refs: np.ndarray, Z: np.ndarray) -> dict:
 
 def _job(args):
     """One cell ``(method, params, key, seed, n, N, sampling, full)`` -> (args, metrics); runs in a worker process."""
+    import json
+    import os
+
     torch.set_num_threads(1)
     method, params, key, seed, n, N, sampling, full = args
+    cache = os.environ.get("MMDG_CACHE")  # a folder: each cell's metrics are stored there and reused (resumable runs)
+    path = Path(cache) / (f"{method}_{_vkey(params)}_{key}_{seed}_{n}_{N}_{sampling['sampler']}{sampling['num_steps']}"
+                          f"_{int(full)}.json") if cache else None
+    if path is not None and path.exists():
+        return args, json.loads(path.read_text())
     sc = {**dev_scenarios(), **held_out_scenarios()}[key]
     refs = references(sc, seed, N)
     t0 = time.perf_counter()
@@ -129,6 +137,9 @@ def _job(args):
         from mmdguidance.metrics import sliced_wasserstein2
 
         out["sliced_w2"] = sliced_wasserstein2(X, _draws(sc, 500, 424242), n_projections=64, random_state=0)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
     return args, out
 
 
