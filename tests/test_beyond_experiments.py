@@ -1,4 +1,5 @@
-"""experiments/beyond_heldout.py: the copying metric, the grid extension, the pinned settings, and a fast run."""
+"""The beyond-MMD experiments: beyond_heldout (copying metric, grid extension, pinned settings, fast run), beyond_t2i
+and beyond_digits (fast runs)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,34 @@ def test_beyond_heldout_fast(tmp_path):
     assert summ["none"]["exact_mmd2"]["mean"] > summ[ref]["exact_mmd2"]["mean"]  # guidance helps at all
     tables = bh.markdown_tables(data)
     assert set(tables) == {"params", "quality", "n_sweep", "cost"}
+
+
+@pytest.mark.slow
+def test_beyond_t2i_fast(tmp_path):
+    pytest.importorskip("diffusers")
+    from experiments import beyond_t2i as bt
+
+    res = bt.run(config="fast", out_dir=tmp_path)
+    assert (tmp_path / "beyond_t2i.png").stat().st_size > 0
+    assert set(res["best_scale"]) == {"mmd", "chamfer", "sw"}
+    for t, by_m in res["summary"].items():
+        runs = res["runs"][t]
+        for m in ("none", "chamfer", "sw"):  # the paired difference is the mean of per-seed differences
+            d = np.mean([runs[m][s]["target_error"] - runs["mmd"][s]["target_error"] for s in runs["mmd"]])
+            assert by_m[m]["target_error"]["minus_mmd"]["mean"] == pytest.approx(d)
+    assert "| subset | chamfer |" in bt.markdown_table(res)
+    with pytest.raises(ValueError, match="unknown method"):
+        bt.discrepancy("nope", 0)
+
+
+@pytest.mark.slow
+def test_beyond_digits_fast(tmp_path):
+    from experiments import beyond_digits as bd
+
+    data = bd.run(config="fast", out_dir=tmp_path)
+    assert (tmp_path / "beyond_digits.png").stat().st_size > 0
+    summ = data["summary"]["class"]["25"]
+    assert summ["mmd"]["frac_target"]["mean"] > summ["none"]["frac_target"]["mean"]  # guidance toward digit 3 works
+    for m in ("chamfer", "sw"):  # the other discrepancies also move the samples toward the target class
+        assert summ[m]["frac_target"]["mean"] > summ["none"]["frac_target"]["mean"], m
+    assert data["best_scale"]["mmd"] in data["settings"]["scales"]
