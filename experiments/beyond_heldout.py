@@ -57,6 +57,8 @@ GUIDED = METHODS[1:]
 MMD_ARMS = ("mmd_xt", "mmd_noised", "mmd_x0")
 LABELS = {"none": "no guidance", "mmd_xt": "MMD (x_t)", "mmd_noised": "MMD (noised refs)", "mmd_x0": "MMD (x̂₀)",
           "chamfer": "Chamfer", "sw": "sliced W2", "diversity": "RKE diversity + MMD attraction"}
+COLORS = {"none": "tab:gray", "mmd_xt": "tab:green", "mmd_noised": "tab:olive", "mmd_x0": "tab:cyan", "chamfer": "tab:red",
+          "sw": "tab:purple", "diversity": "tab:orange"}
 #: pinned (never the library defaults): Heun with 50 steps, the setting at which the exact oracle reaches the floor
 SAMPLING = dict(sampler="heun", num_steps=50)
 STEP = dict(step_rule="normalized", schedule="decreasing", window=(0.0, 0.8), terms="full", diagnostics=False)
@@ -340,7 +342,8 @@ def plot(data, out_dir):
     for m in GUIDED:  # dev score along the scale grid (the RKE method at its chosen λ)
         rows = [r for r in sel["ranking"][m] if r["params"].get("diversity") == sel["params"][m].get("diversity")]
         rows = sorted(rows, key=lambda r: r["params"]["scale"])
-        ax[0].plot([r["params"]["scale"] for r in rows], [r["score"] for r in rows], "o-", ms=3, label=LABELS[m])
+        ax[0].plot([r["params"]["scale"] for r in rows], [r["score"] for r in rows], "o-", ms=3, color=COLORS[m],
+                   label=LABELS[m])
     ax[0].set(xscale="log", yscale="log", xlabel="scale", title="dev score (MMD² / none, geo-mean; lower better)")
     ax[0].legend(fontsize=7)
     keys = list(data["held_out"])
@@ -349,7 +352,7 @@ def plot(data, out_dir):
         xs = np.arange(len(keys)) + (b - (len(others) - 1) / 2) * width
         d = [data["held_out"][k]["summary"][m]["exact_mmd2"]["minus"][ref] for k in keys]
         ax[1].bar(xs, [v[0] for v in d], width, yerr=[[v[0] - v[1] for v in d], [v[2] - v[0] for v in d]], capsize=2,
-                  label=LABELS[m])
+                  color=COLORS[m], label=LABELS[m])
     ax[1].axhline(0, color="k", lw=0.8)
     ax[1].set_xticks(range(len(keys)), keys, rotation=25, fontsize=7)
     ax[1].set_title(f"held-out: Δ exact MMD² vs {LABELS[ref]} (95% CI)", fontsize=9)
@@ -359,7 +362,8 @@ def plot(data, out_dir):
     for m in METHODS:
         for a, q in ((ax[2], "exact_mmd2"), (ax[3], "copy_frac")):
             c = [data["n_sweep"][key][str(N)][m][q] for N in Ns]
-            a.errorbar(Ns, [v["mean"] for v in c], yerr=[v["ci95"] for v in c], fmt="o-", ms=3, capsize=2, label=LABELS[m])
+            a.errorbar(Ns, [v["mean"] for v in c], yerr=[v["ci95"] for v in c], fmt="o-", ms=3, capsize=2, color=COLORS[m],
+                       label=LABELS[m])
     ax[2].set(xscale="log", yscale="log", xlabel="N references", title=f"{key}: exact MMD² vs N")
     ax[3].axhline(COPY_QUANTILE, color="k", ls="--", lw=0.8, label="fresh target draws")
     ax[3].set(xscale="log", xlabel="N references", title=f"{key}: copy fraction vs N")
