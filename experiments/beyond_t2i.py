@@ -8,7 +8,8 @@ and ``sw`` (``discrepancy=Chamfer()`` / ``SlicedWasserstein(n_projections=64)``,
 and identical: DDIM, 15 steps, CFG 4, batch-normalised step, decreasing schedule, window (0, 0.8), all 16
 samples of a batch guided jointly, same initial noise per seed.
 
-Protocol: each method's scale is chosen from one common grid on the *development* seed (100), minimising the
+Protocol: each method's scale is chosen from one common grid on the *development* seeds (100, 101; one seed gave a
+non-monotone MMD curve), minimising the
 mean target-attribute error over the tasks; reported on the *held-out* seeds 0–4 with paired 95% t-intervals of
 each method's difference to ``mmd`` and to ``none``.
 """
@@ -31,7 +32,7 @@ PINNED = dict(evaluate_on="xt", step_rule="batch_normalized", schedule="decreasi
               diagnostics=False)
 CONFIGS = {
     "full": dict(n=16, n_refs=32, steps=15, cfg=4.0, scales=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
-                 dev_seeds=(100,), test_seeds=(0, 1, 2, 3, 4), n_target=500),
+                 dev_seeds=(100, 101), test_seeds=(0, 1, 2, 3, 4), n_target=500),
     "fast": dict(n=4, n_refs=4, steps=2, cfg=4.0, scales=(0.2,), dev_seeds=(100,), test_seeds=(0, 1), n_target=16),
 }
 
