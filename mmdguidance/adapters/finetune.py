@@ -16,6 +16,7 @@ LoRA would need ``peft`` (not a dependency); this is full fine-tuning.
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import torch
@@ -55,7 +56,8 @@ def finetune_unet(pipeline, latents, captions, *, steps, lr: float, batch_size: 
 
     Returns
     -------
-    UNet copy in eval mode (or a list of them, one per entry of ``steps``), with ``loss_history_`` (per step).
+    UNet copy in eval mode (or a list of them, one per entry of ``steps``), with ``loss_history_`` (per step) and
+    ``seconds_`` (wall time of the training up to that checkpoint, snapshots excluded).
     """
     z0 = torch.as_tensor(latents, dtype=torch.float32)  # (N, C, h, w)
     if z0.ndim != 4 or len(z0) < 1 or not torch.isfinite(z0).all():
@@ -79,7 +81,7 @@ def finetune_unet(pipeline, latents, captions, *, steps, lr: float, batch_size: 
     unet = copy.deepcopy(pipeline.unet).float().train()
     opt = torch.optim.AdamW(unet.parameters(), lr=check_positive(lr, name="lr"),
                             weight_decay=check_positive(weight_decay, name="weight_decay", allow_zero=True))
-    out, losses = [], []
+    out, losses, seconds, t0 = [], [], 0.0, time.perf_counter()
     for step in progress(range(checkpoints[-1]), total=checkpoints[-1], desc="fine-tune UNet"):
         idx = torch.randint(0, len(z0), (bs,), generator=g)
         t = torch.randint(0, len(ab_all), (bs,), generator=g)
@@ -95,11 +97,13 @@ def finetune_unet(pipeline, latents, captions, *, steps, lr: float, batch_size: 
         opt.step()
         losses.append(float(loss.detach()))
         if step + 1 in checkpoints:
+            seconds += time.perf_counter() - t0
             snap = copy.deepcopy(unet).eval()
             if pipeline.unet.dtype != torch.float32:
                 snap = snap.to(pipeline.unet.dtype)
-            snap.loss_history_ = list(losses)
+            snap.loss_history_, snap.seconds_ = list(losses), seconds
             out.append(snap)
+            t0 = time.perf_counter()
     return out if np.ndim(steps) else out[0]
 
 

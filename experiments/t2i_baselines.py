@@ -1,0 +1,183 @@
+r"""Baselines for MMD guidance on the trained shapes pipeline: latent classifier guidance and UNet fine-tuning.
+
+Same tasks, references, noise, seeds, schedulers and metrics as :mod:`experiments.t2i_adaptation` (its helpers);
+``none`` is rerun here so that every paired interval is computed inside this run.
+
+* ``classifier``: :class:`~mmdguidance.adapters.classifier_guidance.LatentClassifierGuidance` with one
+  noise-conditional classifier (heads colour, shape, background) trained on the pipeline's VAE latents of
+  ``n_classifier`` renders of the training distribution (seed 700, blue triangles excluded as in training), noised
+  with the pipeline's ``alphas_cumprod``; the target of a task is its target attribute frequencies (per prompt half);
+  the scale is chosen on the development seed (DDIM) from the common grid of ``t2i_adaptation``.
+* ``finetune``: :func:`~mmdguidance.adapters.finetune.finetune_unet` (full fine-tuning of a UNet copy, frozen text
+  encoder) on the task's reference latents captioned with the task prompt (or the references' own captions in
+  ``prompt_aware``); the learning rate x steps pair is chosen on the development seed (DDIM) from ``ft_lrs`` x
+  ``ft_steps`` (checkpoints of one constant-rate run per learning rate) by the mean target error over tasks.
+
+Cost, measured in this run: classifier training, fine-tuning (per task, chosen configuration) and the sampling of 16
+images without guidance, with MMD guidance (``mmd_xt`` at the adapter's scale 0.2) and with classifier guidance.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from experiments import t2i_adaptation as T
+from experiments._common import check_config, logger, save_figure, save_json
+from experiments.t2i_train import ASSET_DIR, HELD_OUT, encode, load_pipeline
+from mmdguidance._utils import progress
+from mmdguidance.adapters.classifier_guidance import LatentClassifierGuidance, fit_latent_classifier
+from mmdguidance.adapters.finetune import finetune_unet, with_unet
+from mmdguidance.t2i import data as D
+
+NAME = "t2i_baselines"
+HEADS = ("colour", "shape", "background")
+CONFIGS = {
+    "full": dict(T.CONFIGS["full"], methods=("none", "classifier", "finetune"), n_classifier=3000,
+                 classifier_steps=800, ft_lrs=(1e-5, 1e-4, 1e-3), ft_steps=(8, 25, 75), ft_batch=16),
+    "fast": dict(T.CONFIGS["fast"], methods=("none", "classifier", "finetune"), n_classifier=64,
+                 classifier_steps=5, ft_lrs=(1e-4,), ft_steps=(1, 2), ft_batch=4),
+}
+
+
+def classifier_targets(spec: dict, n: int, heads: dict) -> dict:
+    """Per attribute head, the ``(n, K)`` target frequencies of the samples (one row per sample, prompt halves);
+    heads the task does not target are left out."""
+    names = sorted({a for t in spec["target"] for a in t})
+    out = {}
+    for a in names:
+        rows = []
+        for t in spec["target"]:
+            w = np.array([t.get(a, {}).get(v, 0.0) for v in D.ATTRIBUTES[a]][:heads[a]])
+            rows.append(w if w.sum() > 0 else np.full(heads[a], 1.0 / heads[a]))  # untargeted half: flat ratio
+        out[a] = np.stack(T._halves(rows, n))  # (n, K)
+    return out
+
+
+def train_classifier(pipe, cfg: dict, seed: int = 700):
+    """The latent attribute classifier of the run and its training seconds (encoding included)."""
+    t0 = time.perf_counter()
+    x, a = D.make_dataset(cfg["n_classifier"], random_state=seed, exclude=HELD_OUT)
+    z = encode(pipe.vae, x)[0] * pipe.vae.config.scaling_factor  # (N, 4, 8, 8)
+    clf = fit_latent_classifier(z, {h: a[h] for h in HEADS}, alphas_cumprod=pipe.scheduler.alphas_cumprod,
+                                steps=cfg["classifier_steps"], random_state=seed)
+    return clf, time.perf_counter() - t0
+
+
+def generate(pipe, spec, refs, method: str, param, seed: int, cfg: dict, clf=None) -> np.ndarray:
+    """uint8 images of a baseline with the noise of :func:`experiments.t2i_adaptation.generate`; ``param`` is the
+    classifier scale, or the fine-tuned UNet."""
+    if method == "none":
+        return T.generate(pipe, spec, refs, "none", 0.0, seed, cfg)
+    if method == "finetune":
+        return T.generate(with_unet(pipe, param), spec, refs, "none", 0.0, seed, cfg)
+    if method == "classifier":
+        cg = LatentClassifierGuidance(classifier=clf, targets=classifier_targets(spec, cfg["n"], clf.heads),
+                                      scale=param)
+        with cg.attached(pipe):
+            return T.generate(pipe, spec, refs, "none", 0.0, seed, cfg)
+    raise ValueError(f"unknown baseline {method!r}")
+
+
+def _dev_error(pipe, tasks, method, params: dict, cfg, clf=None) -> float:
+    """Mean development target error over tasks (``params``: task -> parameter)."""
+    return float(np.mean([T.evaluate(generate(pipe, spec, refs, method, params[t], s, cfg, clf), spec, tgt)
+                          ["target_error"] for t, (spec, refs, tgt) in tasks.items() for s in cfg["dev_seeds"]]))
+
+
+def finetune_all(pipe, tasks: dict, cfg: dict) -> dict:
+    """task -> {(lr, steps): fine-tuned UNet}: one constant-rate run per learning rate, checkpoints at ``ft_steps``."""
+    out = {}
+    for tname, (spec, (imgs, _, caps), _) in progress(list(tasks.items()), desc="fine-tune"):
+        z = encode(pipe.vae, imgs)[0] * pipe.vae.config.scaling_factor  # (N, 4, 8, 8)
+        captions = [c if c is not None else spec["prompts"][0] for c in caps]
+        for lr in cfg["ft_lrs"]:
+            unets = finetune_unet(pipe, z, captions, steps=list(cfg["ft_steps"]), lr=lr, batch_size=cfg["ft_batch"],
+                                  random_state=0)
+            for st, u in zip(cfg["ft_steps"], unets):
+                out.setdefault(tname, {})[(lr, st)] = u
+            logger.info("fine-tune %s lr %g: %.1f s for %d steps", tname, lr, unets[-1].seconds_, cfg["ft_steps"][-1])
+    return out
+
+
+def choose(pipe, tasks: dict, clf, unets: dict, cfg: dict) -> dict:
+    """Development tables and the chosen classifier scale and fine-tuning (lr, steps)."""
+    cls = {}
+    for scale in progress(cfg["scales"], desc="classifier dev"):
+        cls[f"{scale:g}"] = _dev_error(pipe, tasks, "classifier", {t: scale for t in tasks}, cfg, clf)
+        logger.info("dev classifier scale %g: target error %.3f", scale, cls[f"{scale:g}"])
+    ft = {}
+    for lr in cfg["ft_lrs"]:
+        for st in cfg["ft_steps"]:
+            ft[f"lr={lr:g},steps={st}"] = _dev_error(pipe, tasks, "finetune", {t: unets[t][(lr, st)] for t in tasks}, cfg)
+            logger.info("dev finetune lr %g steps %d: target error %.3f", lr, st, ft[f"lr={lr:g},steps={st}"])
+    best_ft = min(((lr, st) for lr in cfg["ft_lrs"] for st in cfg["ft_steps"]),
+                  key=lambda p: ft[f"lr={p[0]:g},steps={p[1]}"])
+    return {"dev_target_error": {"classifier": cls, "finetune": ft},
+            "best": {"classifier": float(min(cls, key=cls.get)), "finetune": {"lr": best_ft[0], "steps": best_ft[1]}}}
+
+
+def _summary(res: dict) -> dict:
+    return {m: {k: {"mean": float(np.mean([r[s][k] for s in r])),
+                    **({"diff_vs_none": T.paired(r, res["none"], k)} if m != "none" else {})}
+                for k in next(iter(r.values()))} for m, r in res.items()}
+
+
+def held_out(tasks, clf, unets, best: dict, cfg: dict, path) -> dict:
+    runs, summary = {}, {}
+    ft = (best["finetune"]["lr"], best["finetune"]["steps"])
+    for sched in progress(cfg["schedulers"], desc="baselines held-out"):
+        pipe = load_pipeline(path, scheduler=sched)
+        for tname, (spec, refs, tgt) in tasks.items():
+            param = {"none": None, "classifier": best["classifier"], "finetune": unets[tname][ft]}
+            res = {}
+            for m in cfg["methods"]:
+                t0 = time.perf_counter()
+                res[m] = {s: T.evaluate(generate(pipe, spec, refs, m, param[m], s, cfg, clf), spec, tgt)
+                          for s in cfg["test_seeds"]}
+                logger.info("%s %s %s: %.1f s", sched, tname, m, time.perf_counter() - t0)
+            runs.setdefault(sched, {})[tname] = res
+            summary.setdefault(sched, {})[tname] = _summary(res)
+    return {"runs": runs, "summary": summary}
+
+
+def timings(pipe, tasks, clf, best: dict, cfg: dict, seed: int) -> dict:
+    """Seconds per 16-image sampling call (mean over tasks, DDIM) of none, mmd_xt (scale 0.2) and classifier."""
+    out = {}
+    for m in ("none", "mmd_xt", "classifier"):
+        t0 = time.perf_counter()
+        for spec, refs, _ in tasks.values():
+            if m == "mmd_xt":
+                T.generate(pipe, spec, refs, "mmd_xt", 0.2, seed, cfg)
+            else:
+                generate(pipe, spec, refs, m, best["classifier"], seed, cfg, clf)
+        out[m] = (time.perf_counter() - t0) / len(tasks)
+    return out
+
+
+def run(config: str = "full", out_dir="paper_figures", random_state: int = 0, pipeline_dir=ASSET_DIR) -> dict:
+    """Writes ``<out_dir>/t2i_baselines.{json,png}``."""
+    cfg = dict(CONFIGS[check_config(config)])
+    cfg["test_seeds"] = tuple(int(random_state) + s for s in cfg["test_seeds"])
+    t_start = time.perf_counter()
+    tasks = T._setup(cfg)
+    pipe = load_pipeline(pipeline_dir, scheduler="ddim")
+    clf, clf_seconds = train_classifier(pipe, cfg)
+    unets = finetune_all(pipe, tasks, cfg)
+    dev = choose(pipe, tasks, clf, unets, cfg)
+    ft = (dev["best"]["finetune"]["lr"], dev["best"]["finetune"]["steps"])
+    sample_s = timings(pipe, tasks, clf, dev["best"], cfg, cfg["test_seeds"][0])
+    ft_s = float(np.mean([unets[t][ft].seconds_ for t in tasks]))
+    cost = {"classifier_training_s": clf_seconds, "finetune_training_s_per_task": ft_s, "sampling_s_per_16": sample_s,
+            "finetune_training_over_mmd_sampling": ft_s / sample_s["mmd_xt"],
+            "finetune_training_over_mmd_overhead": ft_s / max(sample_s["mmd_xt"] - sample_s["none"], 1e-9)}
+    logger.info("cost: %s", cost)
+    test = held_out(tasks, clf, unets, dev["best"], cfg, pipeline_dir)
+    res = {"config": config, "settings": cfg, **dev, **test, "cost": cost,
+           "classifier_loss": clf.loss_history_, "seconds": time.perf_counter() - t_start,
+           "torch_threads": torch.get_num_threads()}
+    save_figure(T._bar_figure(test["summary"], cfg), out_dir, NAME)
+    save_json(res, out_dir, NAME)
+    return res
