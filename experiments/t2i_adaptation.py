@@ -47,11 +47,11 @@ CONFIGS = {
     # one geometric grid for every method, wide enough that every method's optimum is interior: x_t guidance
     # peaks near 0.1, guidance of the scheduler's x̂₀ through the model prediction is weaker per unit scale
     "full": dict(n=16, n_refs=32, steps=15, cfg=4.0, scales=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8),
-                 dev_seeds=(100,), test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc"),
+                 dev_seeds=(100,), test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "euler_a", "dpm++", "unipc", "euler"),
                  n_target=500, methods=("none", "mmd_xt", "mmd_x0", "memory", "sequential"),
-                 small_batch_schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc"),
-                 # batch-1 sequential costs ~16x a joint run: one deterministic and one stochastic scheduler (CPU budget)
-                 sequential_schedulers=("ddim", "euler_a")),
+                 # CPU budget (2 shared cores): the memory bank (batches of 8) on one deterministic and one stochastic
+                 # scheduler, the batch-1 sequential algorithm (about 3.4x a joint run) on DDIM only
+                 small_batch_schedulers=("ddim", "euler_a"), sequential_schedulers=("ddim",)),
     "fast": dict(n=4, n_refs=4, steps=2, cfg=4.0, scales=(0.2,), dev_seeds=(100,), test_seeds=(0, 1),
                  schedulers=("ddim",), n_target=16, methods=("none", "mmd_xt", "memory"), small_batch_schedulers=("ddim",),
                  sequential_schedulers=("ddim",)),
@@ -207,8 +207,9 @@ def choose_scales(pipe, tasks: dict, cfg: dict) -> dict:
     return {"dev_target_error": table, "best_scale": best}
 
 
-def held_out(tasks: dict, best: dict, cfg: dict, path) -> dict:
-    """Every scheduler x task x method on the held-out seeds; paired differences to ``none``."""
+def held_out(tasks: dict, best: dict, cfg: dict, path, on_scheduler=None) -> dict:
+    """Every scheduler x task x method on the held-out seeds; paired differences to ``none``.
+    ``on_scheduler(partial)`` is called with the results so far after each scheduler (checkpointing)."""
     runs, summary = {}, {}
     for sched in progress(cfg["schedulers"], desc="t2i held-out schedulers"):
         pipe = load_pipeline(path, scheduler=sched)
@@ -229,6 +230,8 @@ def held_out(tasks: dict, best: dict, cfg: dict, path) -> dict:
                                                                           if m != "none" else {})}
                     for k in next(iter(r.values()))}
                 for m, r in res.items()}
+        if on_scheduler is not None:
+            on_scheduler({"runs": runs, "summary": summary})
     return {"runs": runs, "summary": summary}
 
 
@@ -294,7 +297,9 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0, pi
     tasks = _setup(cfg)
     pipe = load_pipeline(pipeline_dir, scheduler="ddim")
     dev = choose_scales(pipe, tasks, cfg)
-    test = held_out(tasks, dev["best_scale"], cfg, pipeline_dir)
+    info = {"config": config, "settings": dict(cfg), **dev}
+    test = held_out(tasks, dev["best_scale"], cfg, pipeline_dir,
+                    on_scheduler=lambda part: save_json({**info, **part, "partial": True}, out_dir, NAME))
     mmd_methods = [m for m in cfg["methods"] if m != "none"]
     ddim = test["summary"][cfg["schedulers"][0]]
     show = min(mmd_methods, key=lambda m: np.mean([ddim[t][m]["target_error"]["mean"] for t in ddim]))
