@@ -136,14 +136,15 @@ def _halves(items, n: int) -> list:
     return [items[0] if i < (n + 1) // 2 or len(items) == 1 else items[1] for i in range(n)]
 
 
-def generate(pipe, spec: dict, refs, method: str, scale: float, seed: int, cfg: dict) -> np.ndarray:
-    """uint8 images ``(n, 32, 32, 3)`` of one method; the initial noise depends on ``seed`` only."""
+def generate(pipe, spec: dict, refs, method: str, scale: float, seed: int, cfg: dict, settings=None) -> np.ndarray:
+    """uint8 images ``(n, 32, 32, 3)`` of one method; the initial noise depends on ``seed`` only. ``settings``:
+    ``(adapter keyword arguments, batch_size)`` replacing :func:`method_settings` (other adapter configurations)."""
     from mmdguidance.adapters.diffusers import DiffusersMMDGuidance
 
     n = cfg["n"]
     prompts = _halves(spec["prompts"], n)
     lat = torch.randn((n, 4, 8, 8), generator=torch.Generator().manual_seed(seed))  # (n, 4, 8, 8)
-    kw, bs = method_settings(method)
+    kw, bs = method_settings(method) if settings is None else settings
     call = dict(num_inference_steps=cfg["steps"], guidance_scale=cfg["cfg"], output_type="np",
                 generator=torch.Generator().manual_seed(seed + 1))  # the step noise of ancestral schedulers
     if kw is None:
