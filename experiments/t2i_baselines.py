@@ -181,3 +181,16 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0, pi
     save_figure(T._bar_figure(test["summary"], cfg), out_dir, NAME)
     save_json(res, out_dir, NAME)
     return res
+
+
+def merged_runs(baselines: dict, adaptation: dict) -> dict:
+    """``{'runs': ...}`` with the held-out runs of both JSONs side by side (schedulers present in both), for
+    :func:`experiments.t2i_adaptation.compare_table` (same seeds and noise, so the differences are paired).
+
+    ``python -c "import json; from experiments.t2i_adaptation import compare_table as c;
+    from experiments.t2i_baselines import merged_runs as m; l = lambda n: json.load(open(f'paper_figures/{n}.json'));
+    print(c(m(l('t2i_baselines'), l('t2i_adaptation')), 'classifier', 'mmd_xt'))"``
+    """
+    scheds = [s for s in adaptation["runs"] if s in baselines["runs"]]
+    return {"runs": {s: {t: {**adaptation["runs"][s][t], **baselines["runs"][s][t]} for t in adaptation["runs"][s]}
+                     for s in scheds}}

@@ -102,3 +102,33 @@ def test_baselines_experiment_end_to_end(tmp_path):
     assert set(res["summary"]["ddim"]["subset"]) == {"none", "classifier", "finetune"}
     assert res["best"]["classifier"] in res["settings"]["scales"]
     assert res["cost"]["finetune_training_s_per_task"] > 0
+
+
+def test_defaults_decision_rule():
+    """A candidate replaces the defaults only if, at its own scale (best mean over development schedulers), it beats
+    the current defaults at theirs on every development scheduler."""
+    from experiments.t2i_defaults import decide
+
+    def table(vals):  # scale -> mean error
+        return {f"{s:g}": {"mean": v} for s, v in vals.items()}
+
+    cfg = {"candidates": ("current", "a", "b")}
+    dev = {"ddim": {"current": table({0.1: 0.3, 0.2: 0.2}), "a": table({0.1: 0.1, 0.2: 0.5}), "b": table({0.1: 0.25, 0.2: 0.4})},
+           "euler_a": {"current": table({0.1: 0.4, 0.2: 0.3}), "a": table({0.1: 0.35, 0.2: 0.2}), "b": table({0.1: 0.1, 0.2: 0.9})}}
+    d = decide(dev, cfg)
+    assert d["chosen_scale"] == {"current": 0.2, "a": 0.1, "b": 0.1}
+    assert d["beats_current_on_every_scheduler"] == {"a": False, "b": False}  # a loses on euler_a (0.35 > 0.3)
+    assert d["winner"] == "current" and d["challenger"] == "b"  # b: mean 0.175 < a: 0.225
+    dev["euler_a"]["a"] = table({0.1: 0.29, 0.2: 0.2})
+    d = decide(dev, cfg)
+    assert d["beats_current_on_every_scheduler"]["a"] and d["winner"] == "a" == d["challenger"]
+
+
+@pytest.mark.slow
+def test_defaults_experiment_end_to_end(tmp_path):
+    from experiments import t2i_defaults
+
+    res = t2i_defaults.run("fast", out_dir=tmp_path)
+    assert res["winner"] in res["candidates"] and (tmp_path / "t2i_defaults.json").is_file()
+    diff = res["held_out"]["ddim"]["diff"]["current"]["subset"]["vs_current"]
+    assert diff["mean"] == 0.0  # the defaults against themselves
