@@ -235,8 +235,9 @@ def extend(*, ft_lrs=(), ft_steps=(), scales=(), config="full", redo_held_out=Tr
                                finetune_training_over_mmd_sampling=ft_s / res["cost"]["sampling_s_per_16"]["mmd_xt"],
                                finetune_training_over_mmd_overhead=ft_s / max(res["cost"]["sampling_s_per_16"]["mmd_xt"]
                                                                              - res["cost"]["sampling_s_per_16"]["none"], 1e-9))
-    res["extended"] = {"ft_lrs": list(ft_lrs), "ft_steps": list(ft_steps), "scales": list(scales), "changed": changed,
-                       "dev_best": dev_best, "held_out_redone": bool(redo_held_out and changed)}
+    ext = res.setdefault("extensions", [res.pop("extended")] if "extended" in res else [])
+    ext.append({"ft_lrs": list(ft_lrs), "ft_steps": list(ft_steps), "scales": list(scales), "changed": changed,
+                "dev_best": dev_best, "held_out_redone": bool(redo_held_out and changed)})
     save_figure(T._bar_figure(res["summary"], dict(cfg, methods=res["settings"]["methods"])), out_dir, NAME)
     save_json(res, out_dir, NAME)
     return res

@@ -102,6 +102,11 @@ def test_baselines_experiment_end_to_end(tmp_path):
     assert set(res["summary"]["ddim"]["subset"]) == {"none", "classifier", "finetune"}
     assert res["best"]["classifier"] in res["settings"]["scales"]
     assert res["cost"]["finetune_training_s_per_task"] > 0
+    ext = t2i_baselines.extend(config="fast", ft_lrs=(1e-3,), ft_steps=(2,), scales=(0.4,), out_dir=tmp_path)
+    assert {"0.2", "0.4"} <= set(ext["dev_target_error"]["classifier"])
+    assert "lr=0.001,steps=2" in ext["dev_target_error"]["finetune"] and len(ext["extensions"]) == 1
+    cls = ext["dev_target_error"]["classifier"]
+    assert ext["best"]["classifier"] == float(min(cls, key=cls.get))  # re-chosen on the union
 
 
 def test_defaults_decision_rule():
