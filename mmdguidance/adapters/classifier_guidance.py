@@ -25,6 +25,7 @@ wrapper, like the adapter's ``evaluate_on='x0'``).
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 
@@ -216,7 +217,7 @@ class LatentClassifierGuidance:
             state["count"] += 1
             return orig(model_output, timestep, sample, *args, **kwargs)
 
-        sch.step = step
+        sch.step = functools.wraps(orig)(step)  # the original signature: pipelines then pass `generator` / `eta`
         try:
             yield self
         finally:
