@@ -313,3 +313,44 @@ def dev_tables(out_dir) -> dict:
             lines.append(f"| {c} | {r['score']:.3g} | " + " | ".join(f"{r['ratios'][k]:.3g}" for k in keys) + " |")
         out["baselines"] = "\n".join(lines)
     return out
+
+
+# --------------------------------------------------------------------------- grid selection with edge extension
+def extend_grid(grid: list, value, factor: float = 2.0):
+    """``grid`` extended by one geometric step (``factor``) on the side where ``value`` sits; None if interior.
+
+    A one-point grid (a fixed setting) is never extended.
+    """
+    if len(grid) > 1 and value == grid[0]:
+        return [grid[0] / factor] + list(grid)
+    if len(grid) > 1 and value == grid[-1]:
+        return list(grid) + [grid[-1] * factor]
+    return None
+
+
+def choose_on_grid(evaluate, grids: dict, *, factors: dict | None = None, max_extensions: int = 3,
+                   max_far: float = 0.01) -> dict:
+    """The grid point with the lowest ``score`` among the eligible ones (``max_far`` ≤ ``max_far``; all if none is).
+
+    ``evaluate(point) -> {'score': ..., 'max_far': ..., ...}`` for ``point = {name: value}``; ``grids`` maps each
+    name to its values (ascending, geometric). While the optimum sits on an edge of a grid, that grid is extended
+    by one step (``factors[name]``, default 2) and the product grid re-evaluated (``evaluate`` should cache), at
+    most ``max_extensions`` times. Returns ``best``, ``grid`` (every evaluated row of the last product grid),
+    ``grids``, ``extensions`` and ``interior`` (False if the last optimum is still on an edge).
+    """
+    import itertools
+
+    factors = factors or {}
+    grids = {k: list(v) for k, v in grids.items()}
+    extensions = []
+    for it in range(max_extensions + 1):
+        rows = [{**p, **evaluate(p)} for p in (dict(zip(grids, vals)) for vals in itertools.product(*grids.values()))]
+        # eligibility with a tolerance: a fraction like 2/200 must not fail "<= 1%" by float round-off
+        best = min([r for r in rows if r["max_far"] <= max_far + 1e-9] or rows, key=lambda r: r["score"])
+        new = {k: extend_grid(g, best[k], factors.get(k, 2.0)) for k, g in grids.items()}
+        interior = all(v is None for v in new.values())
+        if interior or it == max_extensions:
+            break
+        extensions.append({k: v for k, v in new.items() if v is not None})
+        grids = {k: new[k] or g for k, g in grids.items()}
+    return {"best": best, "grid": rows, "grids": grids, "extensions": extensions, "interior": bool(interior)}

@@ -38,6 +38,7 @@ from experiments.t2i_train import ASSET_DIR, load_pipeline
 from mmdguidance.kernels import GaussianKernel, PolynomialKernel
 from mmdguidance.metrics import frechet_distance, kernel_distance, precision_recall_density_coverage
 from mmdguidance.t2i import data as D
+from mmdguidance._utils import progress
 from mmdguidance.t2i.score import features, read_attributes
 
 NAME = "t2i_adaptation"
@@ -46,11 +47,14 @@ CONFIGS = {
     # one geometric grid for every method, wide enough that every method's optimum is interior: x_t guidance
     # peaks near 0.1, guidance of the scheduler's x̂₀ through the model prediction is weaker per unit scale
     "full": dict(n=16, n_refs=32, steps=15, cfg=4.0, scales=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8),
-                 dev_seeds=(100,), test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc"),
+                 dev_seeds=(100,), test_seeds=(0, 1, 2, 3, 4), schedulers=("ddim", "euler_a", "dpm++", "unipc", "euler"),
                  n_target=500, methods=("none", "mmd_xt", "mmd_x0", "memory", "sequential"),
-                 small_batch_schedulers=("ddim", "dpm++", "euler", "euler_a", "unipc")),
+                 # CPU budget (2 shared cores): the memory bank (batches of 8) on one deterministic and one stochastic
+                 # scheduler, the batch-1 sequential algorithm (about 3.4x a joint run) on DDIM only
+                 small_batch_schedulers=("ddim", "euler_a"), sequential_schedulers=("ddim",)),
     "fast": dict(n=4, n_refs=4, steps=2, cfg=4.0, scales=(0.2,), dev_seeds=(100,), test_seeds=(0, 1),
-                 schedulers=("ddim",), n_target=16, methods=("none", "mmd_xt", "memory"), small_batch_schedulers=("ddim",)),
+                 schedulers=("ddim",), n_target=16, methods=("none", "mmd_xt", "memory"), small_batch_schedulers=("ddim",),
+                 sequential_schedulers=("ddim",)),
 }
 
 
@@ -113,12 +117,14 @@ def method_settings(method: str):
     """``(adapter keyword arguments, batch_size)`` of a method (``None`` for ``'none'``)."""
     if method == "none":
         return None, None
+    pinned = dict(kernel=GaussianKernel(bandwidth="median"), step_rule="batch_normalized", schedule="decreasing",
+                  window=(0.0, 0.8))  # the adapter's defaults when these runs were made, pinned
     if method == "mmd_xt":
-        return dict(evaluate_on="xt"), None
+        return dict(evaluate_on="xt", **pinned), None
     if method == "mmd_x0":
-        return dict(evaluate_on="x0"), None
+        return dict(evaluate_on="x0", **pinned), None
     if method == "memory":
-        return dict(evaluate_on="xt", memory_size=64), 8
+        return dict(evaluate_on="xt", memory_size=64, **pinned), 8
     if method == "sequential":
         return dict(kernel=PolynomialKernel(), step_rule="normalized", window=(0.0, 1.0), schedule="constant",
                     memory_size=100, evaluate_on="xt"), 1
@@ -130,14 +136,15 @@ def _halves(items, n: int) -> list:
     return [items[0] if i < (n + 1) // 2 or len(items) == 1 else items[1] for i in range(n)]
 
 
-def generate(pipe, spec: dict, refs, method: str, scale: float, seed: int, cfg: dict) -> np.ndarray:
-    """uint8 images ``(n, 32, 32, 3)`` of one method; the initial noise depends on ``seed`` only."""
+def generate(pipe, spec: dict, refs, method: str, scale: float, seed: int, cfg: dict, settings=None) -> np.ndarray:
+    """uint8 images ``(n, 32, 32, 3)`` of one method; the initial noise depends on ``seed`` only. ``settings``:
+    ``(adapter keyword arguments, batch_size)`` replacing :func:`method_settings` (other adapter configurations)."""
     from mmdguidance.adapters.diffusers import DiffusersMMDGuidance
 
     n = cfg["n"]
     prompts = _halves(spec["prompts"], n)
     lat = torch.randn((n, 4, 8, 8), generator=torch.Generator().manual_seed(seed))  # (n, 4, 8, 8)
-    kw, bs = method_settings(method)
+    kw, bs = method_settings(method) if settings is None else settings
     call = dict(num_inference_steps=cfg["steps"], guidance_scale=cfg["cfg"], output_type="np",
                 generator=torch.Generator().manual_seed(seed + 1))  # the step noise of ancestral schedulers
     if kw is None:
@@ -190,28 +197,30 @@ def _setup(cfg: dict):
 def choose_scales(pipe, tasks: dict, cfg: dict) -> dict:
     """Per method, the grid scale with the smallest mean target error over tasks and development seeds."""
     table = {}
-    for method in cfg["methods"]:
-        if method == "none":
-            continue
-        for scale in cfg["scales"]:
-            errs = [evaluate(generate(pipe, spec, refs, method, scale, s, cfg), spec, tgt)["target_error"]
-                    for spec, refs, tgt in tasks.values() for s in cfg["dev_seeds"]]
-            table.setdefault(method, {})[f"{scale:g}"] = float(np.mean(errs))
-            logger.info("dev %s scale %g: target error %.3f", method, scale, np.mean(errs))
+    cells = [(m, sc) for m in cfg["methods"] if m != "none" for sc in cfg["scales"]]
+    for method, scale in progress(cells, desc="t2i dev grid"):
+        t0 = time.perf_counter()
+        errs = [evaluate(generate(pipe, spec, refs, method, scale, s, cfg), spec, tgt)["target_error"]
+                for spec, refs, tgt in tasks.values() for s in cfg["dev_seeds"]]
+        table.setdefault(method, {})[f"{scale:g}"] = float(np.mean(errs))
+        logger.info("dev %s scale %g: target error %.3f (%.1f s)", method, scale, np.mean(errs), time.perf_counter() - t0)
     best = {m: float(min(t, key=t.get)) for m, t in table.items()}
     return {"dev_target_error": table, "best_scale": best}
 
 
-def held_out(tasks: dict, best: dict, cfg: dict, path) -> dict:
-    """Every scheduler x task x method on the held-out seeds; paired differences to ``none``."""
+def held_out(tasks: dict, best: dict, cfg: dict, path, on_scheduler=None) -> dict:
+    """Every scheduler x task x method on the held-out seeds; paired differences to ``none``.
+    ``on_scheduler(partial)`` is called with the results so far after each scheduler (checkpointing)."""
     runs, summary = {}, {}
-    for sched in cfg["schedulers"]:
+    for sched in progress(cfg["schedulers"], desc="t2i held-out schedulers"):
         pipe = load_pipeline(path, scheduler=sched)
         for tname, (spec, refs, tgt) in tasks.items():
             res = {}
             for method in cfg["methods"]:
-                if method in ("sequential", "memory") and sched not in cfg["small_batch_schedulers"]:
-                    continue  # batches of 1 or 8: the slowest methods, run on the first scheduler only
+                allowed = cfg.get("sequential_schedulers", cfg["small_batch_schedulers"]) if method == "sequential" \
+                    else cfg["small_batch_schedulers"]
+                if method in ("sequential", "memory") and sched not in allowed:
+                    continue  # batches of 1 or 8: the slowest methods, on the schedulers the config lists
                 t0 = time.perf_counter()
                 res[method] = {s: evaluate(generate(pipe, spec, refs, method, best.get(method, 0.0), s, cfg), spec, tgt)
                                for s in cfg["test_seeds"]}
@@ -222,6 +231,8 @@ def held_out(tasks: dict, best: dict, cfg: dict, path) -> dict:
                                                                           if m != "none" else {})}
                     for k in next(iter(r.values()))}
                 for m, r in res.items()}
+        if on_scheduler is not None:
+            on_scheduler({"runs": runs, "summary": summary})
     return {"runs": runs, "summary": summary}
 
 
@@ -287,7 +298,9 @@ def run(config: str = "full", out_dir="paper_figures", random_state: int = 0, pi
     tasks = _setup(cfg)
     pipe = load_pipeline(pipeline_dir, scheduler="ddim")
     dev = choose_scales(pipe, tasks, cfg)
-    test = held_out(tasks, dev["best_scale"], cfg, pipeline_dir)
+    info = {"config": config, "settings": dict(cfg), **dev}
+    test = held_out(tasks, dev["best_scale"], cfg, pipeline_dir,
+                    on_scheduler=lambda part: save_json({**info, **part, "partial": True}, out_dir, NAME))
     mmd_methods = [m for m in cfg["methods"] if m != "none"]
     ddim = test["summary"][cfg["schedulers"][0]]
     show = min(mmd_methods, key=lambda m: np.mean([ddim[t][m]["target_error"]["mean"] for t in ddim]))

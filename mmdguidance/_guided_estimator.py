@@ -55,8 +55,12 @@ class GuidedEstimatorBase:
         validate_guidance_params({p.name: getattr(self, p.name) for p in PARAMS})
         disc = getattr(self, "discrepancy", None)
         if disc is not None and not isinstance(disc, Discrepancy):
-            raise TypeError(f"discrepancy must be a mmdguidance Discrepancy (MMD, RFFMMD, NystromMMD) or None, "
-                            f"got {type(disc).__name__}")
+            raise TypeError(f"discrepancy must be a mmdguidance Discrepancy (MMD, RFFMMD, NystromMMD, Chamfer, "
+                            f"SlicedWasserstein, KernelEntropyDiversity) or None, got {type(disc).__name__}")
+        if disc is not None and (self.kernel is not None or self.prompt_aware):
+            raise ValueError(f"discrepancy={type(disc).__name__}(...) replaces the built-in MMD and its kernel: drop "
+                             "kernel=/prompt_kernel= (prompt-aware guidance needs the built-in MMD's product kernel), "
+                             "or set the kernel on the discrepancy itself, e.g. MMD(kernel=...)")
 
     def _fit_mmd(self, X: torch.Tensor, C: torch.Tensor | None, weights=None) -> Discrepancy:
         r"""Fit the discrepancy on references ``X`` (N, D), joined with prompt features ``C`` (N, Dc) if given.

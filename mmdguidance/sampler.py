@@ -66,7 +66,8 @@ class MMDGuidedSampler(GuidedEstimatorBase, BaseEstimator):
     discrepancy : Discrepancy, optional
         An unfitted :class:`~mmdguidance.discrepancy.Discrepancy` to guide with instead of
         ``MMD(kernel=kernel, estimator=estimator)`` (e.g. :class:`~mmdguidance.approx.RFFMMD`,
-        :class:`~mmdguidance.approx.NystromMMD`); cloned and fitted on the references.
+        :class:`~mmdguidance.approx.NystromMMD`, :class:`~mmdguidance.discrepancies.Chamfer`); cloned and fitted
+        on the references. It replaces the kernel: combined with ``kernel`` or ``prompt_kernel`` it raises ``ValueError``.
     scale, step_rule, schedule, window, every, terms, evaluate_on, inner_steps, max_update_ratio
         See :class:`~mmdguidance.guidance.MMDGuidance` (``step_rule`` in {'normalized', 'batch_normalized', 'raw'},
         ``evaluate_on`` in {'xt', 'x0', 'x0_jacobian', 'noised_refs'}).

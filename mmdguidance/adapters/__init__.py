@@ -2,6 +2,8 @@
 
 ``from mmdguidance.adapters.diffusers import DiffusersMMDGuidance`` (needs ``pip install 'mmdguidance[diffusers]'``);
 ``from mmdguidance.adapters.callback import MMDGuidanceCallback`` (the guidance as a diffusers ``PipelineCallback``).
+Baselines for latent pipelines: :mod:`.classifier_guidance` (noise-conditional latent classifier guidance) and
+:mod:`.finetune` (full fine-tuning of a UNet copy on reference latents).
 """
 
 __all__ = ["DiffusersMMDGuidance", "MMDGuidanceCallback", "MMDGuidedPipelineOutput"]

@@ -22,6 +22,7 @@ state anyway; use one pipeline, or one scheduler copy, per thread).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -98,6 +99,9 @@ class GuidedCall:
             self.final = prev
             return out
 
+        # keep the original signature visible (inspect follows __wrapped__): pipelines pass `generator` and `eta` to
+        # scheduler.step only if its signature names them, so stochastic schedulers keep the caller's noise
+        step = functools.wraps(orig)(step)
         setattr(step, _WRAPPED, True)
         sch.step = step
         self._wrapped = True

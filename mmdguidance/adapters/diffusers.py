@@ -91,6 +91,12 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         ``f(list[str]) -> (n, Dc)``; default :func:`pipeline_text_embedder` of the pipeline.
     normalize_prompts : bool, default=True
         L2-normalise prompt embeddings (strings or arrays) before the prompt kernel.
+    discrepancy : Discrepancy, optional
+        An unfitted :class:`~mmdguidance.discrepancy.Discrepancy` to guide with instead of the MMD with
+        ``kernel`` (e.g. :class:`~mmdguidance.discrepancies.Chamfer`,
+        :class:`~mmdguidance.discrepancies.SlicedWasserstein`); a clone is fitted on the flattened reference
+        latents, exactly as in :class:`~mmdguidance.sampler.MMDGuidedSampler`. It replaces the kernel, so it
+        cannot be combined with ``kernel`` or prompt-aware guidance (``prompt_kernel``).
     estimator, scale, step_rule, schedule, window, every, terms, evaluate_on, inner_steps, max_update_ratio
         As in :class:`~mmdguidance.guidance.MMDGuidance`; ``evaluate_on='x0'`` guides the scheduler's own Tweedie
         estimate before each step, through the model output (epsilon / v / sample prediction, flow velocity).
@@ -115,8 +121,9 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
 
     Attributes
     ----------
-    mmd_ : MMD
-        Fitted on the flattened reference latents (plus prompt columns when prompt-aware).
+    mmd_ : Discrepancy
+        Fitted on the flattened reference latents (plus prompt columns when prompt-aware): an
+        :class:`~mmdguidance.mmd.MMD`, or a clone of ``discrepancy``.
     reference_latents_ : Tensor (N, C, h, w) float32
     latent_shape_ : tuple (C, h, w)
     reference_captions_ : list of str or None
@@ -141,6 +148,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         text_embedder=None,
         normalize_prompts=True,
         estimator="biased",
+        discrepancy=None,
         scale=0.2,
         step_rule="batch_normalized",
         schedule="decreasing",
@@ -166,6 +174,7 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         self.text_embedder = text_embedder
         self.normalize_prompts = normalize_prompts
         self.estimator = estimator
+        self.discrepancy = discrepancy
         self.scale = scale
         self.step_rule = step_rule
         self.schedule = schedule
@@ -595,11 +604,12 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
         if not steps:
             return
         dead = [st for st in steps if not st.get("grad_norm", 1.0) > 0.0]
-        kern = getattr(self.mmd_.kernel_, "first_", self.mmd_.kernel_)
+        kern = getattr(self.mmd_, "kernel_", None)  # None: a kernel-free discrepancy (Chamfer, sliced W2)
+        kern = getattr(kern, "first_", kern)
         Z = self.latents_.reshape(self.latents_.shape[0], -1).float()  # (n, D)
         Y = self.reference_latents_.reshape(self.reference_latents_.shape[0], -1).to(Z)  # (N, D)
         with torch.no_grad():
-            cross_dead = not bool((kern.gram(Z, Y) > 0).any())  # (n, N) kernel values all underflowed
+            cross_dead = kern is not None and not bool((kern.gram(Z, Y) > 0).any())  # (n, N) all underflowed
         if not dead and not cross_dead:
             return
         bw = getattr(kern, "bandwidth_", None)
@@ -614,7 +624,8 @@ class DiffusersMMDGuidance(GuidedEstimatorBase, BaseEstimator):
 
     # ------------------------------------------------------------------ convenience
     def score_latents(self, latents, prompts=None) -> float:
-        """MMD² between latents ``(n, C, h, w)`` and the references (with prompts when prompt-aware)."""
+        """The fitted discrepancy (MMD² by default) between latents ``(n, C, h, w)`` and the references (with
+        prompts when prompt-aware)."""
         check_is_fitted(self, "mmd_")
         Z = as_tensor(latents, dtype=torch.float32).to(self.reference_latents_.device)
         Z = Z.reshape(Z.shape[0], -1)
