@@ -31,7 +31,7 @@ from ._benchmark import sync_doc_tables
 from ._common import check_config, save_figure, save_json, use_agg
 from ._protocol import (
     HELD_OUT_SEEDS,
-    dev_scenarios,
+    all_scenarios,
     dev_tables,
     evaluate,
     fit_baseline,
@@ -114,7 +114,7 @@ def _job(args):
     torch.set_num_threads(1)
     key, seed, n, N, sampling, settings, methods, full = args
     logger.info("bench_heldout: %s seed %d N %d", key, seed, N)
-    sc = {**held_out_scenarios(), **dev_scenarios()}[key]
+    sc = all_scenarios()[key]
     refs = references(sc, seed, N)
     cache = os.environ.get("MMDG_CACHE")
     out = {}

@@ -35,7 +35,7 @@ from mmdguidance.mmd import MMD
 from ._common import check_config, save_figure, save_json, use_agg
 from ._protocol import (
     HELD_OUT_SEEDS,
-    dev_scenarios,
+    all_scenarios,
     evaluate,
     held_out_scenarios,
     iid_floor,
@@ -122,7 +122,7 @@ def _job(args):
                           f"_{int(full)}.json") if cache else None
     if path is not None and path.exists():
         return args, json.loads(path.read_text())
-    sc = {**dev_scenarios(), **held_out_scenarios()}[key]
+    sc = all_scenarios()[key]
     refs = references(sc, seed, N)
     t0 = time.perf_counter()
     if method == "none":

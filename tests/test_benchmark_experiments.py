@@ -177,9 +177,9 @@ def test_bench_oracle_floor_fast(tmp_path):
 
 def _oracle_over_floor(key, sampling, seeds=(0, 1, 2), n=2000):
     """Mean exact MMD^2 of the exact Doob oracle (n samples per seed) divided by the i.i.d. floor (1 - E_QQ k)/n."""
-    from experiments._protocol import dev_scenarios, evaluate, held_out_scenarios, iid_floor, references, sample_method
+    from experiments._protocol import all_scenarios, evaluate, iid_floor, references, sample_method
 
-    sc = {**dev_scenarios(), **held_out_scenarios()}[key]
+    sc = all_scenarios()[key]
     vals = [evaluate(sample_method("oracle", sc, references(sc, s), s, sampling=sampling, n=n), sc, full=False)
             ["exact_mmd2"] for s in seeds]
     return float(np.mean(vals)) / iid_floor(sc, n)
